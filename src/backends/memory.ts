@@ -1,0 +1,137 @@
+/**
+ * MemoryBackend: a sparse in-process store of a fixed size.
+ *
+ * Guarantees: pages of `chunkSize` bytes are allocated on their first write, so a 1 GiB
+ * backend costs nothing until it is written; a never-written range reads as zeros (the
+ * caller's buffer is overwritten). Any offset and length inside [0, size) is accepted, sizes
+ * above 4 GiB included (page indexes are plain numbers, no 32-bit arithmetic). Every call
+ * runs to completion synchronously inside its promise, so concurrent calls never interleave.
+ * `trim` and `zero` drop whole pages and zero partial ones.
+ */
+import type { Backend } from '../pipeline/types.js';
+import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
+
+export interface MemoryBackendOptions {
+  /** Size in bytes. */
+  readonly size: number;
+  /** Page size in bytes for lazy allocation; default 1 MiB. */
+  readonly chunkSize?: number;
+  /** Refuse writes, trims and zeroes. */
+  readonly readOnly?: boolean;
+}
+
+interface ResolvedMemoryBackendOptions {
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly readOnly: boolean;
+}
+
+const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+
+export class MemoryBackend implements Backend {
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly readOnly: boolean;
+  readonly maxInFlight = 0;
+  readonly canMultiConn = true;
+  readonly options: ResolvedMemoryBackendOptions;
+  /** Page index → page; a missing page reads as zeros. */
+  #pages = new Map<number, Buffer>();
+  #closed = false;
+
+  constructor(options: MemoryBackendOptions) {
+    const size = options.size;
+    const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new UsageError(`memory backend size is out of range (0..2^53-1): ${size}`);
+    }
+    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > 2 ** 30) {
+      throw new UsageError(`memory backend chunkSize is out of range (1..1G): ${chunkSize}`);
+    }
+    this.options = Object.freeze({ size, chunkSize, readOnly: options.readOnly ?? false });
+    this.size = size;
+    this.chunkSize = chunkSize;
+    this.readOnly = this.options.readOnly;
+  }
+
+  /** Pages currently allocated (for tests and diagnostics). */
+  get allocatedPages(): number {
+    return this.#pages.size;
+  }
+
+  async readAt(buf: Buffer, off: number): Promise<void> {
+    this.#check(off, buf.length, false);
+    const chunkSize = this.chunkSize;
+    let done = 0;
+    while (done < buf.length) {
+      const pos = off + done;
+      const index = Math.floor(pos / chunkSize);
+      const inPage = pos - index * chunkSize;
+      const n = Math.min(chunkSize - inPage, buf.length - done);
+      const page = this.#pages.get(index);
+      if (page === undefined) buf.fill(0, done, done + n);
+      else page.copy(buf, done, inPage, inPage + n);
+      done += n;
+    }
+  }
+
+  async writeAt(buf: Buffer, off: number): Promise<void> {
+    this.#check(off, buf.length, true);
+    const chunkSize = this.chunkSize;
+    let done = 0;
+    while (done < buf.length) {
+      const pos = off + done;
+      const index = Math.floor(pos / chunkSize);
+      const inPage = pos - index * chunkSize;
+      const n = Math.min(chunkSize - inPage, buf.length - done);
+      let page = this.#pages.get(index);
+      if (page === undefined) {
+        page = Buffer.alloc(Math.min(chunkSize, this.size - index * chunkSize));
+        this.#pages.set(index, page);
+      }
+      buf.copy(page, inPage, done, done + n);
+      done += n;
+    }
+  }
+
+  async trim(off: number, length: number): Promise<void> {
+    this.#discard(off, length);
+  }
+
+  async zero(off: number, length: number): Promise<void> {
+    this.#discard(off, length);
+  }
+
+  async sync(): Promise<void> {
+    if (this.#closed) throw new ClosedError('memory backend');
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#pages.clear();
+  }
+
+  #discard(off: number, length: number): void {
+    this.#check(off, length, true);
+    const chunkSize = this.chunkSize;
+    const end = off + length;
+    let pos = off;
+    while (pos < end) {
+      const index = Math.floor(pos / chunkSize);
+      const pageStart = index * chunkSize;
+      const pageEnd = Math.min(pageStart + chunkSize, this.size);
+      const n = Math.min(pageEnd, end) - pos;
+      if (n === pageEnd - pageStart) this.#pages.delete(index);
+      else this.#pages.get(index)?.fill(0, pos - pageStart, pos - pageStart + n);
+      pos += n;
+    }
+  }
+
+  #check(off: number, length: number, write: boolean): void {
+    if (this.#closed) throw new ClosedError('memory backend');
+    if (write && this.readOnly) throw new ReadOnlyError('memory backend');
+    if (!Number.isSafeInteger(off) || !Number.isSafeInteger(length) || off < 0 || length < 0 || off + length > this.size) {
+      throw new OutOfRangeError(off, length, this.size);
+    }
+  }
+}

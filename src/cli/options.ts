@@ -1,0 +1,35 @@
+import { InvalidArgumentError } from 'commander';
+import { parseDurationMs, parseSize } from '../util/size.js';
+import { R3mapError } from '../errors.js';
+
+/** commander argParser for byte sizes: `--size 1GiB`. */
+export function sizeArg(value: string): number {
+  try {
+    return parseSize(value);
+  } catch (err) {
+    throw new InvalidArgumentError(err instanceof R3mapError ? err.message : String(err));
+  }
+}
+
+/** commander argParser for durations: `--push-interval 5s`. */
+export function durationArg(value: string): number {
+  try {
+    return parseDurationMs(value);
+  } catch (err) {
+    throw new InvalidArgumentError(err instanceof R3mapError ? err.message : String(err));
+  }
+}
+
+/** commander argParser for counts where 0 means "none". */
+export function countArg(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) {
+    throw new InvalidArgumentError(`'${value}' is not a whole number (0 means none)`);
+  }
+  return n;
+}
+
+/** commander collector for repeatable flags. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}

@@ -1,0 +1,83 @@
+import { Command, Option } from 'commander';
+import { runCommand, type CommandContext } from './run.js';
+import { collect, countArg, sizeArg } from './options.js';
+import { openBackend } from '../backends/open.js';
+import { ACCEPTED_BACKEND_URIS } from '../backends/uri.js';
+import { NbdServer, type NbdExport } from '../nbd/server.js';
+import { parseListenAddress } from '../nbd/listen-address.js';
+import { UsageError } from '../errors.js';
+import type { Backend } from '../pipeline/types.js';
+
+interface ServeFlags {
+  backend: string;
+  size?: number;
+  nbdListen: string[];
+  exportName: string;
+  description?: string;
+  export: string[];
+  readOnly: boolean;
+  maxPayload: number;
+  maxInFlight: number;
+}
+
+export function serveCommand(): Command {
+  return new Command('r3map-serve')
+    .description('Serve a backend over NBD (the r3map gRPC service arrives with the remote-backends issue).\n' +
+      'Prints one line per listener on stdout when ready (an NBD URI), logs to stderr; SIGTERM drains, syncs and exits 0.')
+    .requiredOption('--backend <uri>', `what to serve: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
+    .option('--size <bytes>', 'size of the resource (1GiB, 512MiB, 4096); needed for memory and new files', sizeArg)
+    .option('--nbd-listen <address>', 'NBD listener, repeatable: host:port, [::1]:port, unix:/path (default 127.0.0.1:10809)', collect, [])
+    .option('--export-name <name>', 'name of the export (clients asking for "" get it too)', 'default')
+    .option('--description <text>', 'export description shown by nbdinfo')
+    .option('--export <name=uri>', 'an extra named export, repeatable (same --size and --read-only)', collect, [])
+    .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
+    .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
+    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg));
+}
+
+async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promise<number> {
+  const opened: Backend[] = [];
+  const open = async (uri: string): Promise<Backend> => {
+    const b = await openBackend(uri, { ...(flags.size !== undefined ? { size: flags.size } : {}), readOnly: flags.readOnly });
+    opened.push(b);
+    return b;
+  };
+  try {
+    const exports: NbdExport[] = [{
+      name: flags.exportName,
+      backend: await open(flags.backend),
+      readOnly: flags.readOnly,
+      ...(flags.description !== undefined ? { description: flags.description } : {}),
+    }];
+    for (const spec of flags.export) {
+      const eq = spec.indexOf('=');
+      if (eq <= 0) throw new UsageError(`--export '${spec}': expected name=uri`);
+      exports.push({ name: spec.slice(0, eq), backend: await open(spec.slice(eq + 1)), readOnly: flags.readOnly });
+    }
+    if (flags.maxInFlight === 0) throw new UsageError('--max-in-flight must be at least 1');
+    const listens = flags.nbdListen.length ? flags.nbdListen : ['127.0.0.1:10809'];
+    const addresses = listens.map((a) => parseListenAddress(a));
+    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, log: log.child({ component: 'nbd-server' }) });
+    try {
+      for (const address of addresses) {
+        const bound = await server.listen(address);
+        const name = encodeURIComponent(flags.exportName);
+        const uri = bound.startsWith('unix:') ? `nbd+unix:///${name}?socket=${bound.slice(5)}` : `nbd://${bound}/${name}`;
+        log.info({ listen: bound, exports: exports.map((e) => e.name), size: exports[0]!.backend.size }, 'serving NBD');
+        process.stdout.write(`${uri}\n`);
+      }
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    } finally {
+      await server.close();
+    }
+    return 0;
+  } finally {
+    const results = await Promise.allSettled(opened.map((b) => b.close()));
+    for (const r of results) if (r.status === 'rejected') log.error({ err: r.reason }, 'closing a backend failed');
+  }
+}
+
+export function main(argv: readonly string[] = process.argv): Promise<never> {
+  const cmd = serveCommand();
+  return runCommand(cmd, (ctx) => serve(cmd.opts<ServeFlags>(), ctx), argv);
+}

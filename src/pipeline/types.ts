@@ -1,0 +1,44 @@
+/**
+ * The contracts every pipeline stage and backend speaks.
+ *
+ * - A read fills all of `buf` or rejects; there are no short reads.
+ * - A range that was never written reads as zeros, even into a dirty buffer.
+ * - Buffer ownership: a stage may touch `buf` only until its promise settles and never keeps
+ *   `buf` or a view of it.
+ * - Offsets and lengths are plain numbers of bytes (safe integers).
+ */
+export interface ReaderAt {
+  readAt(buf: Buffer, off: number): Promise<void>;
+}
+
+export interface WriterAt {
+  writeAt(buf: Buffer, off: number): Promise<void>;
+}
+
+export interface ReadWriterAt extends ReaderAt, WriterAt {}
+
+/** What a backend can do, declared up front (as nbdkit plugins declare a thread model). */
+export interface BackendCapabilities {
+  /** Writes are refused (the NBD server advertises READ_ONLY). */
+  readonly readOnly?: boolean;
+  /** How many calls it serves well at once; 0 means no preference. */
+  readonly maxInFlight?: number;
+  /** Flush/FUA effects are visible across connections (NBD CAN_MULTI_CONN). */
+  readonly canMultiConn?: boolean;
+}
+
+/**
+ * A store with a fixed size. `trim` and `zero` are optional: the NBD server emulates
+ * WRITE_ZEROES with writes of zeros and treats TRIM as advisory when they are missing.
+ */
+export interface Backend extends ReadWriterAt, BackendCapabilities {
+  readonly size: number;
+  /** Makes every completed write durable. */
+  sync(): Promise<void>;
+  /** Releases resources; idempotent. */
+  close(): Promise<void>;
+  /** Discard a range; afterwards it reads as zeros. */
+  trim?(off: number, length: number): Promise<void>;
+  /** Write zeros over a range, cheaper than writeAt where the store allows. */
+  zero?(off: number, length: number): Promise<void>;
+}
