@@ -17,7 +17,7 @@ deps-test: deps
 build: deps
 	npx tsc -p tsconfig.json
 
-demo: build
+demo: deps-test build
 	bash scripts/demo.sh
 
 # Every test this machine can run: unit, conformance (real NBD clients), kernel (where possible).

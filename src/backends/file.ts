@@ -1,0 +1,218 @@
+/**
+ * FileBackend: a regular file or a block device, accessed with positional I/O.
+ *
+ * Guarantees: reads and writes at any offset and length inside [0, size); there is no lock
+ * around reads or writes (each call is one or more pread/pwrite on the libuv thread pool, so
+ * concurrent calls run in parallel). A read past the end of a shorter, sparse file yields
+ * zeros. `sync()` is fdatasync. `close()` waits for calls in flight, then closes the handle.
+ *
+ * Sizes: an existing regular file defaults to its own size; a block device's size is read
+ * from /sys/dev/block/<major>:<minor>/size (512-byte sectors), as fstat reports 0 for it and
+ * Node has no lseek or BLKGETSIZE64 (without sysfs, pass `size`). A missing file is created
+ * (sparse, with ftruncate) when `size` is given, unless `create: false`. A regular file
+ * smaller than the requested size is extended with ftruncate (a read-only file or a block
+ * device cannot be: UsageError). A requested size smaller than the file exposes its first
+ * `size` bytes and never truncates.
+ *
+ * trim/zero: Node has no fallocate, so both write zeros in bounded pieces from one shared,
+ * never-modified zero buffer; the range is not deallocated.
+ */
+import { constants, type FileHandle, open, readFile } from 'node:fs/promises';
+import type { Backend } from '../pipeline/types.js';
+import { BackendError, ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
+
+export interface FileBackendOptions {
+  /** Size in bytes; default the file's size. Required to create a file. */
+  readonly size?: number;
+  /** Open O_RDONLY and refuse writes. */
+  readonly readOnly?: boolean;
+  /** Create the file when it is missing; default true when `size` is given. Needs `size`. */
+  readonly create?: boolean;
+}
+
+const ZEROS = Buffer.alloc(256 * 1024);
+const THREAD_POOL_SIZE = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+const SECTOR_SIZE = 512;
+
+export class FileBackend implements Backend {
+  readonly path: string;
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Calls beyond the libuv thread pool size only queue. */
+  readonly maxInFlight = THREAD_POOL_SIZE;
+  readonly canMultiConn = true;
+  readonly isBlockDevice: boolean;
+  #handle: FileHandle;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  #inFlight = 0;
+  #drained: (() => void) | undefined;
+
+  private constructor(path: string, handle: FileHandle, size: number, readOnly: boolean, isBlockDevice: boolean) {
+    this.path = path;
+    this.#handle = handle;
+    this.size = size;
+    this.readOnly = readOnly;
+    this.isBlockDevice = isBlockDevice;
+  }
+
+  static async open(path: string, options: FileBackendOptions = {}): Promise<FileBackend> {
+    const { size, readOnly = false } = options;
+    if (size !== undefined && (!Number.isSafeInteger(size) || size < 0)) {
+      throw new UsageError(`file backend size is out of range (0..2^53-1): ${size}`);
+    }
+    if (options.create === true && (size === undefined || readOnly)) {
+      throw new UsageError(`creating ${path} needs a size and a writable backend`);
+    }
+    const mayCreate = !readOnly && (options.create ?? size !== undefined);
+    const flags = readOnly ? constants.O_RDONLY : constants.O_RDWR | (mayCreate ? constants.O_CREAT : 0);
+    let handle: FileHandle;
+    try {
+      handle = await open(path, flags, 0o644);
+    } catch (err) {
+      throw new BackendError({ backend: 'file', op: 'open' }, `${path}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const stat = await handle.stat();
+      const isBlockDevice = stat.isBlockDevice();
+      if (!isBlockDevice && !stat.isFile()) throw new UsageError(`${path} is neither a regular file nor a block device`);
+      const actual = isBlockDevice ? await blockDeviceSize(stat.rdev) : stat.size;
+      if (actual === undefined && size === undefined) {
+        throw new UsageError(`cannot read the size of block device ${path} from /sys/dev/block; pass a size`);
+      }
+      const wanted = size ?? (actual as number);
+      if (actual !== undefined && wanted > actual) {
+        if (readOnly || isBlockDevice) {
+          throw new UsageError(`size ${wanted} is larger than ${readOnly ? 'read-only ' : ''}${path} (${actual} bytes)`);
+        }
+        await handle.truncate(wanted);
+      }
+      return new FileBackend(path, handle, wanted, readOnly, isBlockDevice);
+    } catch (err) {
+      await handle.close().catch(() => undefined); // the first error is the one to report
+      if (err instanceof UsageError || err instanceof BackendError) throw err;
+      throw new BackendError({ backend: 'file', op: 'open' }, `${path}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async readAt(buf: Buffer, off: number): Promise<void> {
+    this.#check(off, buf.length, false);
+    this.#inFlight++;
+    try {
+      let done = 0;
+      while (done < buf.length) {
+        const { bytesRead } = await this.#handle.read(buf, done, buf.length - done, off + done);
+        if (bytesRead === 0) {
+          buf.fill(0, done); // past the end of a shorter, sparse file
+          break;
+        }
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw this.#wrap(err, 'read', off, buf.length);
+    } finally {
+      this.#leave();
+    }
+  }
+
+  async writeAt(buf: Buffer, off: number): Promise<void> {
+    this.#check(off, buf.length, true);
+    this.#inFlight++;
+    try {
+      await this.#writeAll(buf, buf.length, off);
+    } catch (err) {
+      throw this.#wrap(err, 'write', off, buf.length);
+    } finally {
+      this.#leave();
+    }
+  }
+
+  trim(off: number, length: number): Promise<void> {
+    return this.#zero(off, length, 'trim');
+  }
+
+  zero(off: number, length: number): Promise<void> {
+    return this.#zero(off, length, 'zero');
+  }
+
+  async #zero(off: number, length: number, op: string): Promise<void> {
+    this.#check(off, length, true);
+    this.#inFlight++;
+    try {
+      for (let done = 0; done < length; ) {
+        const n = Math.min(ZEROS.length, length - done);
+        await this.#writeAll(ZEROS, n, off + done);
+        done += n;
+      }
+    } catch (err) {
+      throw this.#wrap(err, op, off, length);
+    } finally {
+      this.#leave();
+    }
+  }
+
+  async sync(): Promise<void> {
+    if (this.#closed) throw new ClosedError('file backend');
+    if (this.readOnly) return;
+    this.#inFlight++;
+    try {
+      await this.#handle.datasync();
+    } catch (err) {
+      throw this.#wrap(err, 'sync');
+    } finally {
+      this.#leave();
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closed = true;
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+    try {
+      await this.#handle.close();
+    } catch (err) {
+      throw this.#wrap(err, 'close');
+    }
+  }
+
+  async #writeAll(buf: Buffer, length: number, off: number): Promise<void> {
+    let done = 0;
+    while (done < length) {
+      const { bytesWritten } = await this.#handle.write(buf, done, length - done, off + done);
+      done += bytesWritten;
+    }
+  }
+
+  #check(off: number, length: number, write: boolean): void {
+    if (this.#closed) throw new ClosedError('file backend');
+    if (write && this.readOnly) throw new ReadOnlyError(`file backend ${this.path}`);
+    if (!Number.isSafeInteger(off) || !Number.isSafeInteger(length) || off < 0 || length < 0 || off + length > this.size) {
+      throw new OutOfRangeError(off, length, this.size);
+    }
+  }
+
+  #leave(): void {
+    if (--this.#inFlight === 0 && this.#drained !== undefined) this.#drained();
+  }
+
+  #wrap(err: unknown, op: string, off?: number, length?: number): BackendError {
+    const info = off === undefined ? { backend: 'file', op } : { backend: 'file', op, off, length };
+    return new BackendError(info, `${this.path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Block device size from sysfs (the kernel's dev_t split, then sectors × 512); undefined if unreadable. */
+async function blockDeviceSize(rdev: number): Promise<number | undefined> {
+  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = ((rdev & 0xff) | (Math.floor(rdev / 2 ** 12) & ~0xff)) >>> 0;
+  try {
+    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+    return Number.isSafeInteger(sectors) ? sectors * SECTOR_SIZE : undefined;
+  } catch {
+    return undefined; // no sysfs (a container): the caller must pass a size
+  }
+}

@@ -1,0 +1,266 @@
+/**
+ * The fixed newstyle server handshake, as a synchronous state machine fed with socket chunks.
+ *
+ * Greeting (NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE | NO_ZEROES) → client flags (unknown bits close the
+ * connection) → options until NBD_OPT_GO succeeds, NBD_OPT_EXPORT_NAME names an export, or
+ * NBD_OPT_ABORT. Supported: EXPORT_NAME, ABORT, LIST, INFO, GO; any other option gets
+ * NBD_REP_ERR_UNSUP and haggling goes on. Every length and loop is capped; a violation that leaves
+ * the stream out of sync (bad magic, oversized option, unknown EXPORT_NAME) throws NbdProtocolError.
+ */
+import { NbdProtocolError } from '../errors.js';
+import type { Logger } from '../log.js';
+import {
+  decodeInfoRequest,
+  decodeOptionHeader,
+  decodeString,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeOptionReply,
+  encodeRepServer,
+  type NbdOptionHeader,
+} from './codec.js';
+import {
+  NBD_CLIENT_FLAGS_SIZE,
+  NBD_FLAG_CAN_MULTI_CONN,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NBD_FLAG_FIXED_NEWSTYLE,
+  NBD_FLAG_HAS_FLAGS,
+  NBD_FLAG_NO_ZEROES,
+  NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_FLUSH,
+  NBD_FLAG_SEND_FUA,
+  NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES,
+  NBD_INFO_DESCRIPTION,
+  NBD_INFO_NAME,
+  NBD_MAX_STRING,
+  NBD_OPTION_HEADER_SIZE,
+  NBD_OPT_ABORT,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_OPT_INFO,
+  NBD_OPT_LIST,
+  NBD_REP_ACK,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP,
+  NBD_REP_INFO,
+  NBD_REP_SERVER,
+  NbdOpt,
+  nameOf,
+} from './constants.js';
+import type { NbdExport } from './server.js';
+
+export interface HandshakeOptions {
+  readonly exports: readonly NbdExport[];
+  readonly minBlockSize: number;
+  readonly preferredBlockSize: number;
+  /** Advertised as the NBD_INFO_BLOCK_SIZE maximum. */
+  readonly maxPayload: number;
+  /** Options accepted before the connection is dropped. */
+  readonly maxOptions: number;
+  /** Bytes of option data accepted in one option. */
+  readonly maxOptionLength: number;
+  readonly log: Logger;
+}
+
+export interface HandshakeOutput {
+  write(buf: Buffer): unknown;
+}
+
+export interface HandshakeResult {
+  readonly export: NbdExport;
+  readonly size: number;
+  readonly transmissionFlags: number;
+  /** Bytes that followed the final option in the same chunk (already transmission phase). */
+  readonly remainder: Buffer | undefined;
+}
+
+/** 'more': keep feeding; 'transmission': `result` is set; 'abort': the client sent NBD_OPT_ABORT. */
+export type HandshakeStatus = 'more' | 'transmission' | 'abort';
+
+/** Transmission flags for an export, honest to its backend (as nbdkit: no write features when read-only). */
+export function transmissionFlagsFor(exp: NbdExport): number {
+  let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
+  if (isReadOnly(exp)) flags |= NBD_FLAG_READ_ONLY;
+  else flags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES;
+  if (exp.backend.canMultiConn === true) flags |= NBD_FLAG_CAN_MULTI_CONN;
+  return flags;
+}
+
+export function isReadOnly(exp: NbdExport): boolean {
+  return exp.readOnly === true || exp.backend.readOnly === true;
+}
+
+const STATE_CLIENT_FLAGS = 0;
+const STATE_OPTION_HEADER = 1;
+const STATE_OPTION_DATA = 2;
+const STATE_DONE = 3;
+const KNOWN_CLIENT_FLAGS = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
+const EMPTY = Buffer.alloc(0);
+
+export class Handshake {
+  readonly #options: HandshakeOptions;
+  readonly #out: HandshakeOutput;
+  #state = STATE_CLIENT_FLAGS;
+  readonly #headerBuf = Buffer.allocUnsafe(NBD_OPTION_HEADER_SIZE);
+  #target: Buffer = Buffer.allocUnsafe(NBD_CLIENT_FLAGS_SIZE);
+  #fill = 0;
+  readonly #option: NbdOptionHeader = { option: 0, length: 0 };
+  #optionCount = 0;
+  #noZeroes = false;
+  #result: HandshakeResult | undefined = undefined;
+
+  constructor(options: HandshakeOptions, out: HandshakeOutput) {
+    this.#options = options;
+    this.#out = out;
+  }
+
+  get result(): HandshakeResult | undefined {
+    return this.#result;
+  }
+
+  /** Sends the greeting; call once, before any push. */
+  start(): void {
+    this.#out.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+  }
+
+  push(chunk: Buffer): HandshakeStatus {
+    if (this.#state === STATE_DONE) throw new NbdProtocolError('handshake is over');
+    let pos = 0;
+    while (pos < chunk.length) {
+      const n = Math.min(this.#target.length - this.#fill, chunk.length - pos);
+      chunk.copy(this.#target, this.#fill, pos, pos + n);
+      this.#fill += n;
+      pos += n;
+      if (this.#fill < this.#target.length) break;
+      const status = this.#step();
+      if (status !== 'more') {
+        this.#state = STATE_DONE;
+        if (this.#result !== undefined && pos < chunk.length) this.#result = { ...this.#result, remainder: chunk.subarray(pos) };
+        return status;
+      }
+    }
+    return 'more';
+  }
+
+  /** The target buffer is full: act on it and choose the next one. */
+  #step(): HandshakeStatus {
+    if (this.#state === STATE_CLIENT_FLAGS) {
+      const flags = this.#target.readUInt32BE(0);
+      if ((flags & ~KNOWN_CLIENT_FLAGS) !== 0) throw new NbdProtocolError(`client sent unknown flags 0x${flags.toString(16)}`);
+      this.#noZeroes = (flags & NBD_FLAG_C_NO_ZEROES) !== 0;
+      this.#expect(STATE_OPTION_HEADER, this.#headerBuf);
+      return 'more';
+    }
+    if (this.#state === STATE_OPTION_HEADER) {
+      decodeOptionHeader(this.#target, 0, this.#option);
+      const { option, length } = this.#option;
+      if (++this.#optionCount > this.#options.maxOptions) {
+        throw new NbdProtocolError(`client sent more than ${this.#options.maxOptions} options`);
+      }
+      if (length > this.#options.maxOptionLength) {
+        throw new NbdProtocolError(`${nameOf(NbdOpt, option)} data of ${length} bytes exceeds ${this.#options.maxOptionLength}`);
+      }
+      if (length > 0) {
+        this.#expect(STATE_OPTION_DATA, Buffer.allocUnsafe(length));
+        return 'more';
+      }
+      return this.#handleOption(option, EMPTY);
+    }
+    return this.#handleOption(this.#option.option, this.#target);
+  }
+
+  #expect(state: number, target: Buffer): void {
+    this.#state = state;
+    this.#target = target;
+    this.#fill = 0;
+  }
+
+  #handleOption(option: number, data: Buffer): HandshakeStatus {
+    this.#options.log.debug({ option: nameOf(NbdOpt, option), length: data.length }, 'option');
+    this.#expect(STATE_OPTION_HEADER, this.#headerBuf);
+    switch (option) {
+      case NBD_OPT_EXPORT_NAME:
+        return this.#exportName(data);
+      case NBD_OPT_ABORT:
+        this.#out.write(encodeOptionReply(option, NBD_REP_ACK));
+        return 'abort';
+      case NBD_OPT_LIST:
+        this.#list(data);
+        return 'more';
+      case NBD_OPT_INFO:
+      case NBD_OPT_GO:
+        return this.#infoOrGo(option, data);
+      default:
+        this.#error(option, NBD_REP_ERR_UNSUP, `option ${nameOf(NbdOpt, option)} is not supported`);
+        return 'more';
+    }
+  }
+
+  #exportName(data: Buffer): HandshakeStatus {
+    const name = decodeString(data, 0, data.length);
+    if (name === undefined) throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME with an invalid name of ${data.length} bytes`);
+    const exp = this.#find(name);
+    if (exp === undefined) throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME asked for unknown export "${name}"`);
+    const result = this.#go(exp);
+    this.#out.write(encodeExportNameReply(result.size, result.transmissionFlags, !this.#noZeroes));
+    return 'transmission';
+  }
+
+  #list(data: Buffer): void {
+    if (data.length !== 0) {
+      this.#error(NBD_OPT_LIST, NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
+      return;
+    }
+    const replies = this.#options.exports.map((exp) => encodeOptionReply(NBD_OPT_LIST, NBD_REP_SERVER, encodeRepServer(exp.name, exp.description)));
+    replies.push(encodeOptionReply(NBD_OPT_LIST, NBD_REP_ACK));
+    this.#out.write(Buffer.concat(replies));
+  }
+
+  #infoOrGo(option: number, data: Buffer): HandshakeStatus {
+    const request = decodeInfoRequest(data);
+    if (!request.ok) {
+      this.#error(option, NBD_REP_ERR_INVALID, request.reason);
+      return 'more';
+    }
+    const exp = this.#find(request.name);
+    if (exp === undefined) {
+      this.#error(option, NBD_REP_ERR_UNKNOWN, `export "${request.name}" does not exist`);
+      return 'more';
+    }
+    const { minBlockSize, preferredBlockSize, maxPayload } = this.#options;
+    const size = exp.backend.size;
+    const infos = [encodeInfoExport(size, transmissionFlagsFor(exp)), encodeInfoBlockSize(minBlockSize, preferredBlockSize, maxPayload)];
+    if (request.infos.includes(NBD_INFO_NAME)) infos.push(encodeInfoString(NBD_INFO_NAME, exp.name));
+    if (request.infos.includes(NBD_INFO_DESCRIPTION) && exp.description !== undefined) {
+      infos.push(encodeInfoString(NBD_INFO_DESCRIPTION, exp.description));
+    }
+    const replies = infos.map((info) => encodeOptionReply(option, NBD_REP_INFO, info));
+    replies.push(encodeOptionReply(option, NBD_REP_ACK));
+    this.#out.write(Buffer.concat(replies));
+    if (option !== NBD_OPT_GO) return 'more';
+    this.#go(exp);
+    return 'transmission';
+  }
+
+  #go(exp: NbdExport): HandshakeResult {
+    this.#result = { export: exp, size: exp.backend.size, transmissionFlags: transmissionFlagsFor(exp), remainder: undefined };
+    return this.#result;
+  }
+
+  #find(name: string): NbdExport | undefined {
+    const exports = this.#options.exports;
+    return name === '' ? exports[0] : exports.find((exp) => exp.name === name);
+  }
+
+  #error(option: number, type: number, message: string): void {
+    this.#options.log.debug({ option: nameOf(NbdOpt, option), message }, 'option refused');
+    const text = Buffer.from(message.slice(0, NBD_MAX_STRING), 'utf8').subarray(0, NBD_MAX_STRING);
+    this.#out.write(encodeOptionReply(option, type, text));
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * Incremental parser for transmission-phase requests; copes with any chunking.
+ *
+ * - A header that arrives whole is decoded in place; one split across chunks is gathered into a
+ *   28-byte scratch buffer.
+ * - A WRITE payload that arrives inside one chunk is handed out as a `subarray` view (no copy; Node
+ *   never reuses a socket's 'data' chunks). One that spans chunks is copied, piece by piece, straight
+ *   into a destination the sink provides (`allocPayload`): never a concat of socket chunks.
+ * - The sink validates each header before its payload: a WRITE it refuses has its payload skipped
+ *   (drained without buffering) so the stream stays in sync.
+ * - Parsing stops when `onRequest` returns false and goes on at `resume()`; chunks pushed meanwhile
+ *   are queued as they are. A bad magic throws NbdProtocolError and the parser is then dead.
+ */
+import type { NbdRequestHeader } from './codec.js';
+import { decodeRequestHeader } from './codec.js';
+import { NBD_CMD_WRITE, NBD_REQUEST_SIZE } from './constants.js';
+
+/** One request as parsed; the transmission loop carries it until its reply is sent. */
+export class NbdRequest implements NbdRequestHeader {
+  flags = 0;
+  type = 0;
+  handleHi = 0;
+  handleLo = 0;
+  offset = 0;
+  length = 0;
+  /** NBD errno the sink's `validate` decided at header time; 0 when the request is valid. */
+  errno = 0;
+  /** WRITE payload (a chunk view or a view of `pooled`); undefined for other commands or a skipped payload. */
+  payload: Buffer | undefined = undefined;
+  /** Buffer from the sink's allocator backing `payload` (or, later, READ data), to give back when done. */
+  pooled: Buffer | undefined = undefined;
+}
+
+export interface RequestSink {
+  /** Called for each header before its payload. Returns an NBD errno; non-zero skips a WRITE payload. */
+  validate(req: NbdRequest): number;
+  /** A buffer of at least `length` bytes for a WRITE payload that spans chunks. */
+  allocPayload(length: number): Buffer;
+  /** A complete request (WRITE payload received or skipped). Return false to stop parsing. */
+  onRequest(req: NbdRequest): boolean;
+}
+
+const STATE_HEADER = 0;
+const STATE_PAYLOAD = 1;
+const STATE_SKIP = 2;
+const STATE_DEAD = 3;
+
+export class RequestParser {
+  readonly #sink: RequestSink;
+  readonly #header = Buffer.allocUnsafe(NBD_REQUEST_SIZE);
+  #headerFill = 0;
+  #state = STATE_HEADER;
+  /** The request whose payload is being copied or skipped. */
+  #current: NbdRequest | undefined = undefined;
+  #payloadFill = 0;
+  #skipLeft = 0;
+  readonly #queue: Buffer[] = [];
+  #stopped = false;
+  #parsing = false;
+
+  constructor(sink: RequestSink) {
+    this.#sink = sink;
+  }
+
+  /** Feeds bytes; throws NbdProtocolError on garbage (the parser is then dead). */
+  push(chunk: Buffer): void {
+    if (this.#state === STATE_DEAD || chunk.length === 0) return;
+    this.#queue.push(chunk);
+    this.#drain();
+  }
+
+  /** Goes on parsing after `onRequest` returned false. */
+  resume(): void {
+    this.#stopped = false;
+    this.#drain();
+  }
+
+  /** Stops for good (after NBD_CMD_DISC or on close); queued bytes are dropped. */
+  close(): void {
+    this.#state = STATE_DEAD;
+    this.#queue.length = 0;
+    this.#current = undefined;
+  }
+
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /** Bytes queued but not parsed yet (the parser was stopped). */
+  get queuedBytes(): number {
+    let n = 0;
+    for (const chunk of this.#queue) n += chunk.length;
+    return n;
+  }
+
+  /** True when part of a request has been consumed but not all of it. */
+  get midFrame(): boolean {
+    return this.#headerFill > 0 || this.#state === STATE_PAYLOAD || this.#state === STATE_SKIP;
+  }
+
+  #drain(): void {
+    if (this.#parsing) return;
+    this.#parsing = true;
+    try {
+      const queue = this.#queue;
+      while (queue.length > 0 && !this.#stopped && this.#state !== STATE_DEAD) {
+        const chunk = queue[0]!;
+        const pos = this.#consume(chunk);
+        if (this.#state === STATE_DEAD) break;
+        if (pos >= chunk.length) queue.shift();
+        else queue[0] = chunk.subarray(pos);
+      }
+    } catch (err) {
+      this.close();
+      throw err;
+    } finally {
+      this.#parsing = false;
+    }
+  }
+
+  /** Parses from the start of `chunk` until it is used up or parsing stops; returns bytes consumed. */
+  #consume(chunk: Buffer): number {
+    const end = chunk.length;
+    let pos = 0;
+    while (pos < end && !this.#stopped && this.#state !== STATE_DEAD) {
+      if (this.#state === STATE_HEADER) {
+        const req = new NbdRequest();
+        if (this.#headerFill === 0 && end - pos >= NBD_REQUEST_SIZE) {
+          decodeRequestHeader(chunk, pos, req);
+          pos += NBD_REQUEST_SIZE;
+        } else {
+          const n = Math.min(NBD_REQUEST_SIZE - this.#headerFill, end - pos);
+          chunk.copy(this.#header, this.#headerFill, pos, pos + n);
+          this.#headerFill += n;
+          pos += n;
+          if (this.#headerFill < NBD_REQUEST_SIZE) break;
+          this.#headerFill = 0;
+          decodeRequestHeader(this.#header, 0, req);
+        }
+        req.errno = this.#sink.validate(req);
+        if (req.type !== NBD_CMD_WRITE || req.length === 0) {
+          this.#emit(req);
+        } else if (req.errno !== 0) {
+          this.#current = req;
+          this.#skipLeft = req.length;
+          this.#state = STATE_SKIP;
+        } else if (end - pos >= req.length) {
+          req.payload = chunk.subarray(pos, pos + req.length);
+          pos += req.length;
+          this.#emit(req);
+        } else {
+          const buf = this.#sink.allocPayload(req.length);
+          req.pooled = buf;
+          req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
+          this.#current = req;
+          this.#payloadFill = 0;
+          this.#state = STATE_PAYLOAD;
+        }
+      } else if (this.#state === STATE_PAYLOAD) {
+        const req = this.#current!;
+        const n = Math.min(req.length - this.#payloadFill, end - pos);
+        chunk.copy(req.payload!, this.#payloadFill, pos, pos + n);
+        this.#payloadFill += n;
+        pos += n;
+        if (this.#payloadFill === req.length) this.#finishCurrent();
+      } else {
+        const n = Math.min(this.#skipLeft, end - pos);
+        this.#skipLeft -= n;
+        pos += n;
+        if (this.#skipLeft === 0) this.#finishCurrent();
+      }
+    }
+    return pos;
+  }
+
+  #finishCurrent(): void {
+    const req = this.#current!;
+    this.#current = undefined;
+    this.#state = STATE_HEADER;
+    this.#emit(req);
+  }
+
+  #emit(req: NbdRequest): void {
+    if (!this.#sink.onRequest(req)) this.#stopped = true;
+  }
+}

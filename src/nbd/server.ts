@@ -1,0 +1,268 @@
+/**
+ * The NBD server: listens on TCP (IPv4/IPv6) and Unix sockets, runs the fixed newstyle handshake
+ * on each connection, then hands it to a Transmission. Connections are independent: one client's
+ * garbage closes only its own connection. `close()` stops accepting, lets in-flight requests
+ * finish, syncs every writable backend and closes the connections; it is idempotent.
+ *
+ * Backends are the caller's: the server syncs them on close but never closes them.
+ */
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
+import { ClosedError, UsageError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { Backend } from '../pipeline/types.js';
+import { NBD_MAX_STRING } from './constants.js';
+import { Handshake, isReadOnly, type HandshakeOptions } from './handshake.js';
+import { formatListenAddress, type ListenAddress } from './listen-address.js';
+import { Transmission } from './transmission.js';
+
+export interface NbdExport {
+  readonly name: string;
+  readonly description?: string;
+  readonly backend: Backend;
+  readonly readOnly?: boolean;
+}
+
+export interface NbdServerOptions {
+  /** The first one is also the default export (the empty name). */
+  readonly exports: readonly NbdExport[];
+  /** Largest READ/WRITE in bytes, advertised as the NBD_INFO_BLOCK_SIZE maximum; default 32 MiB. */
+  readonly maxPayload?: number;
+  /** Requests in flight per connection before reading pauses; default 64. */
+  readonly maxInFlight?: number;
+  /** READ/WRITE payload bytes in flight per connection before reading pauses; default max(64 MiB, maxPayload). */
+  readonly maxInFlightBytes?: number;
+  /** Advertised minimum block size (a power of two, 1..64 KiB); default 1. Above 1 it is enforced. */
+  readonly minBlockSize?: number;
+  /** Advertised preferred block size (a power of two, >= 512); default 4096. */
+  readonly preferredBlockSize?: number;
+  readonly log?: Logger;
+}
+
+interface ResolvedOptions {
+  readonly exports: readonly NbdExport[];
+  readonly maxPayload: number;
+  readonly maxInFlight: number;
+  readonly maxInFlightBytes: number;
+  readonly minBlockSize: number;
+  readonly preferredBlockSize: number;
+}
+
+interface Connection {
+  readonly socket: Socket;
+  transmission: Transmission | undefined;
+}
+
+const MIB = 1024 * 1024;
+const MAX_OPTIONS = 1024;
+const MAX_OPTION_LENGTH = 64 * 1024;
+const ABORT_GRACE_MS = 2000;
+
+export class NbdServer {
+  readonly #options: ResolvedOptions;
+  readonly #log: Logger;
+  readonly #listeners: Server[] = [];
+  readonly #connections = new Map<Connection, Promise<void>>();
+  #nextConn = 1;
+  #closing: Promise<void> | undefined = undefined;
+
+  constructor(options: NbdServerOptions) {
+    this.#options = resolveOptions(options);
+    this.#log = (options.log ?? silentLogger).child({ component: 'nbd-server' });
+    for (const exp of this.#options.exports) {
+      if (exp.backend.size % this.#options.minBlockSize !== 0) {
+        this.#log.warn({ export: exp.name, size: exp.backend.size }, 'export size is not a multiple of minBlockSize; its tail is unreachable');
+      }
+    }
+  }
+
+  /** Starts listening; resolves with the bound address ("127.0.0.1:PORT", "[::1]:PORT", "unix:/path"). */
+  async listen(address: ListenAddress): Promise<string> {
+    if (this.#closing !== undefined) throw new ClosedError('NBD server');
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.handle(socket));
+    if ('path' in address) await listenUnix(server, address.path);
+    else await listenOn(server, { host: address.host === '' ? undefined : address.host, port: address.port }, formatListenAddress(address));
+    server.on('error', (err) => this.#log.error({ err }, 'listener failed'));
+    this.#listeners.push(server);
+    const bound = server.address();
+    const text = typeof bound === 'string' || bound === null ? formatListenAddress(address) : formatListenAddress({ host: bound.address, port: bound.port });
+    this.#log.info({ address: text, exports: this.#options.exports.map((exp) => exp.name) }, 'NBD server listening');
+    return text;
+  }
+
+  /** Serves one already-connected socket (a socketpair end, an accepted connection). */
+  handle(socket: Socket): void {
+    if (this.#closing !== undefined) {
+      socket.destroy();
+      return;
+    }
+    const conn = this.#nextConn++;
+    const log = this.#log.child({ conn });
+    log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection accepted');
+    const entry: Connection = { socket, transmission: undefined };
+    socket.setNoDelay(true);
+    socket.on('error', (err) => log.debug({ err }, 'socket error'));
+    const handshake = new Handshake(this.#handshakeOptions(log), socket);
+    const onEnd = (): void => {
+      log.debug('client closed the connection during the handshake');
+      socket.end();
+    };
+    const onData = (chunk: Buffer): void => {
+      let status;
+      try {
+        status = handshake.push(chunk);
+      } catch (err) {
+        log.warn({ err }, `closing connection in handshake: ${(err as Error).message}`);
+        socket.destroy();
+        return;
+      }
+      if (status === 'more') return;
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      if (status === 'abort') {
+        log.debug('client sent NBD_OPT_ABORT');
+        socket.end();
+        setTimeout(() => socket.destroy(), ABORT_GRACE_MS).unref();
+        return;
+      }
+      const result = handshake.result!;
+      log.debug({ export: result.export.name, size: result.size, flags: result.transmissionFlags }, 'transmission phase');
+      entry.transmission = new Transmission(socket, {
+        backend: result.export.backend,
+        size: result.size,
+        transmissionFlags: result.transmissionFlags,
+        maxPayload: this.#options.maxPayload,
+        maxInFlight: this.#options.maxInFlight,
+        maxInFlightBytes: this.#options.maxInFlightBytes,
+        minBlockSize: this.#options.minBlockSize,
+        conn,
+        log,
+      });
+      entry.transmission.start(result.remainder);
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+      .then(() => entry.transmission?.closed)
+      .then(() => {
+        this.#connections.delete(entry);
+        log.debug('connection closed');
+      });
+    this.#connections.set(entry, closed);
+    if (socket.destroyed) return;
+    handshake.start();
+  }
+
+  /** Stops accepting, drains in-flight requests, syncs writable backends, closes connections. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    const listenersClosed = this.#listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    for (const entry of this.#connections.keys()) {
+      if (entry.transmission !== undefined) void entry.transmission.shutdown();
+      else entry.socket.destroy();
+    }
+    await Promise.all(this.#connections.values());
+    await Promise.all(listenersClosed);
+    const errors: unknown[] = [];
+    const backends = new Set(this.#options.exports.filter((exp) => !isReadOnly(exp)).map((exp) => exp.backend));
+    for (const backend of backends) {
+      try {
+        await backend.sync();
+      } catch (err) {
+        this.#log.error({ err }, 'backend sync at close failed');
+        errors.push(err);
+      }
+    }
+    this.#log.info('NBD server closed');
+    if (errors.length > 0) throw new AggregateError(errors, `NBD server close: ${errors.length} backend sync(s) failed`);
+  }
+
+  #handshakeOptions(log: Logger): HandshakeOptions {
+    const { exports, minBlockSize, preferredBlockSize, maxPayload } = this.#options;
+    return { exports, minBlockSize, preferredBlockSize, maxPayload, maxOptions: MAX_OPTIONS, maxOptionLength: MAX_OPTION_LENGTH, log };
+  }
+}
+
+function resolveOptions(options: NbdServerOptions): ResolvedOptions {
+  const exports = [...options.exports];
+  if (exports.length === 0) throw new UsageError('NBD server needs at least one export');
+  const names = new Set<string>();
+  for (const exp of exports) {
+    if (names.has(exp.name)) throw new UsageError(`export name "${exp.name}" is used twice`);
+    names.add(exp.name);
+    checkString(exp.name, 'export name');
+    if (exp.description !== undefined) checkString(exp.description, 'export description');
+    if (!Number.isSafeInteger(exp.backend.size) || exp.backend.size < 0) {
+      throw new UsageError(`export "${exp.name}" has an invalid size ${exp.backend.size}`);
+    }
+  }
+  const minBlockSize = options.minBlockSize ?? 1;
+  const preferredBlockSize = options.preferredBlockSize ?? 4096;
+  const maxPayload = options.maxPayload ?? 32 * MIB;
+  const maxInFlight = options.maxInFlight ?? 64;
+  const maxInFlightBytes = options.maxInFlightBytes ?? Math.max(64 * MIB, maxPayload);
+  if (!isPowerOfTwo(minBlockSize) || minBlockSize > 65536) throw new UsageError(`minBlockSize ${minBlockSize} is not a power of two in 1..65536`);
+  if (!isPowerOfTwo(preferredBlockSize) || preferredBlockSize < Math.max(minBlockSize, 512)) {
+    throw new UsageError(`preferredBlockSize ${preferredBlockSize} is not a power of two >= max(minBlockSize, 512)`);
+  }
+  if (!Number.isSafeInteger(maxPayload) || maxPayload < preferredBlockSize || maxPayload > 2 ** 31 || maxPayload % minBlockSize !== 0) {
+    throw new UsageError(`maxPayload ${maxPayload} must be a multiple of minBlockSize in ${preferredBlockSize}..${2 ** 31}`);
+  }
+  if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) throw new UsageError(`maxInFlight ${maxInFlight} must be an integer >= 1`);
+  if (!Number.isSafeInteger(maxInFlightBytes) || maxInFlightBytes < 1) {
+    throw new UsageError(`maxInFlightBytes ${maxInFlightBytes} must be an integer >= 1`);
+  }
+  return Object.freeze({ exports: Object.freeze(exports), maxPayload, maxInFlight, maxInFlightBytes, minBlockSize, preferredBlockSize });
+}
+
+function checkString(text: string, what: string): void {
+  if (Buffer.byteLength(text, 'utf8') > NBD_MAX_STRING || text.includes('\0')) {
+    throw new UsageError(`${what} "${text.slice(0, 64)}" must be at most ${NBD_MAX_STRING} bytes of UTF-8 without NUL`);
+  }
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 1 && (n & (n - 1)) === 0;
+}
+
+function listenOn(server: Server, options: { host?: string | undefined; port?: number; path?: string }, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      reject(new UsageError(`cannot listen on ${what}: ${err.code ?? err.message}`, { cause: err }));
+    };
+    server.once('error', onError);
+    server.listen(options, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+/** Listens on a Unix socket path, replacing a stale socket file that nobody accepts on. */
+async function listenUnix(server: Server, path: string): Promise<void> {
+  const what = `unix:${path}`;
+  try {
+    await listenOn(server, { path }, what);
+  } catch (err) {
+    if ((err as UsageError).cause === undefined || ((err as UsageError).cause as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    const stat = await lstat(path).catch(() => undefined);
+    if (stat === undefined || !stat.isSocket() || (await isAccepting(path))) throw err;
+    await unlink(path);
+    await listenOn(server, { path }, what);
+  }
+}
+
+function isAccepting(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}

@@ -1,0 +1,417 @@
+/**
+ * One connection's transmission phase: requests are parsed in order, dispatched at once (served
+ * concurrently) and answered as each completes, in any order.
+ *
+ * - Validate, act, then reply: no reply header leaves before the result is known. A READ's header
+ *   and payload go out in one writev (the socket is corked until the next tick, which also batches
+ *   every reply that completes in the same tick).
+ * - Bounded: reading stops (socket paused, parser stopped) at `maxInFlight` requests or
+ *   `maxInFlightBytes` of payload in flight, and while more than OUTPUT_HIGH_WATER bytes of replies
+ *   wait in the socket (until 'drain').
+ * - Buffers: READ data and WRITE payloads that span chunks come from a per-connection PayloadPool; a
+ *   READ buffer goes back only in its write callback, never while the socket may still send it.
+ * - Bad requests get an NBD errno and the connection goes on; a broken stream (bad magic) closes
+ *   only this connection, with one log line.
+ */
+import diagnosticsChannel from 'node:diagnostics_channel';
+import type { Socket } from 'node:net';
+import { NbdProtocolError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Backend } from '../pipeline/types.js';
+import { encodeSimpleReply } from './codec.js';
+import {
+  NBD_CMD_DISC,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL,
+  NBD_EOVERFLOW,
+  NBD_EPERM,
+  NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_FUA,
+  NBD_SIMPLE_REPLY_SIZE,
+} from './constants.js';
+import { replyErrnoFor } from './errno.js';
+import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
+import { PayloadPool } from './payload-pool.js';
+
+export interface TransmissionOptions {
+  readonly backend: Backend;
+  /** Export size in bytes, as advertised in the handshake. */
+  readonly size: number;
+  readonly transmissionFlags: number;
+  readonly maxPayload: number;
+  readonly maxInFlight: number;
+  readonly maxInFlightBytes: number;
+  readonly minBlockSize: number;
+  /** Connection id for diagnostics events. */
+  readonly conn: number;
+  /** The connection's child logger. */
+  readonly log: Logger;
+}
+
+/** Per-request events for r3map-bench and debugging: { conn, cmd, offset, length, errno }. */
+export const requestChannel = diagnosticsChannel.channel('r3map:nbd:request');
+
+/** Reply bytes queued in the socket above which reading pauses until 'drain'. */
+const OUTPUT_HIGH_WATER = 4 * 1024 * 1024;
+/** WRITE_ZEROES without backend.zero is written from this one shared buffer, piece by piece. */
+const ZEROES = Buffer.alloc(1024 * 1024);
+/** How long a closing socket may wait for the peer's FIN before it is destroyed. */
+const CLOSE_GRACE_MS = 2000;
+
+const STATE_RUNNING = 0;
+const STATE_DRAINING = 1;
+const STATE_ENDING = 2;
+const STATE_CLOSED = 3;
+
+export class Transmission implements RequestSink {
+  readonly #socket: Socket;
+  readonly #backend: Backend;
+  readonly #options: TransmissionOptions;
+  readonly #log: Logger;
+  readonly #parser: RequestParser;
+  readonly #pool: PayloadPool;
+  readonly #readOnly: boolean;
+  /** FUA where advertised (writable exports), else 0: an unadvertised flag is EINVAL. */
+  readonly #fuaFlag: number;
+  #state = STATE_RUNNING;
+  #inFlight = 0;
+  #inFlightBytes = 0;
+  #paused = false;
+  #outputBlocked = false;
+  #corked = false;
+  #readEnded = false;
+  #syncOnEnd = false;
+  #dirty = false;
+  /** Pool buffers of READ replies in socket write order; each write callback releases the oldest. */
+  readonly #sent: (Buffer | undefined)[] = [];
+  #sentHead = 0;
+  #closeTimer: NodeJS.Timeout | undefined = undefined;
+  readonly #closed: Promise<void>;
+  #resolveClosed!: () => void;
+  #socketClosed = false;
+  #endDone = false;
+
+  constructor(socket: Socket, options: TransmissionOptions) {
+    this.#socket = socket;
+    this.#options = options;
+    this.#backend = options.backend;
+    this.#log = options.log;
+    this.#readOnly = (options.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0;
+    this.#fuaFlag = (options.transmissionFlags & NBD_FLAG_SEND_FUA) !== 0 ? NBD_CMD_FLAG_FUA : 0;
+    this.#parser = new RequestParser(this);
+    this.#pool = new PayloadPool({ maxRetainedBytes: Math.min(options.maxInFlightBytes, 32 * 1024 * 1024) });
+    this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+  }
+
+  /** Resolves once the socket is closed and no request is in flight; never rejects. */
+  get closed(): Promise<void> {
+    return this.#closed;
+  }
+
+  /** Takes over the socket's events; `remainder` is what followed the handshake in its last chunk. */
+  start(remainder: Buffer | undefined): void {
+    const socket = this.#socket;
+    socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('drain', this.#onDrain);
+    socket.on('close', this.#onClose);
+    if (socket.destroyed) this.#onClose();
+    else if (remainder !== undefined) this.#onData(remainder);
+    if (this.#readEnded || socket.readableEnded) this.#onEnd();
+  }
+
+  /** Graceful stop for server close: read no more, finish what is in flight, sync if written, close. */
+  shutdown(): Promise<void> {
+    if (this.#state === STATE_RUNNING) {
+      this.#syncOnEnd = this.#dirty;
+      this.#beginDrain();
+    }
+    return this.#closed;
+  }
+
+  // ---- RequestSink -------------------------------------------------------------------------
+
+  validate(req: NbdRequest): number {
+    const { type, flags, offset, length } = req;
+    switch (type) {
+      case NBD_CMD_READ:
+      case NBD_CMD_WRITE:
+      case NBD_CMD_TRIM:
+      case NBD_CMD_WRITE_ZEROES: {
+        const allowed = type === NBD_CMD_WRITE_ZEROES ? this.#fuaFlag | NBD_CMD_FLAG_NO_HOLE : this.#fuaFlag;
+        if ((flags & ~allowed) !== 0) return NBD_EINVAL;
+        if (type !== NBD_CMD_READ && this.#readOnly) return NBD_EPERM;
+        if (type !== NBD_CMD_TRIM && type !== NBD_CMD_WRITE_ZEROES && length > this.#options.maxPayload) return NBD_EOVERFLOW;
+        if (offset + length > this.#options.size) return NBD_EINVAL;
+        const min = this.#options.minBlockSize;
+        if (min > 1 && (offset % min !== 0 || length % min !== 0)) return NBD_EINVAL;
+        return 0;
+      }
+      case NBD_CMD_FLUSH:
+        return (flags & ~this.#fuaFlag) !== 0 || offset !== 0 || length !== 0 ? NBD_EINVAL : 0;
+      case NBD_CMD_DISC:
+        return 0;
+      default:
+        return NBD_EINVAL;
+    }
+  }
+
+  allocPayload(length: number): Buffer {
+    return this.#pool.acquire(length);
+  }
+
+  onRequest(req: NbdRequest): boolean {
+    if (this.#state !== STATE_RUNNING) return false;
+    if (req.type === NBD_CMD_DISC) {
+      this.#log.debug('NBD_CMD_DISC');
+      this.#syncOnEnd = !this.#readOnly;
+      this.#beginDrain();
+      return false;
+    }
+    if (req.errno !== 0 || (req.length === 0 && req.type !== NBD_CMD_FLUSH)) {
+      this.#reply(req, req.errno);
+      if (req.errno !== 0) this.#log.debug({ cmd: req.type, offset: req.offset, length: req.length, errno: req.errno }, 'request refused');
+    } else {
+      this.#inFlight++;
+      if (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) this.#inFlightBytes += req.length;
+      void this.#serve(req);
+    }
+    this.#updateFlow();
+    return !this.#paused;
+  }
+
+  // ---- serving -----------------------------------------------------------------------------
+
+  async #serve(req: NbdRequest): Promise<void> {
+    let errno = 0;
+    try {
+      const backend = this.#backend;
+      switch (req.type) {
+        case NBD_CMD_READ: {
+          const buf = this.#pool.acquire(req.length);
+          req.pooled = buf;
+          req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
+          await backend.readAt(req.payload, req.offset);
+          break;
+        }
+        case NBD_CMD_WRITE:
+          this.#dirty = true;
+          await backend.writeAt(req.payload!, req.offset);
+          break;
+        case NBD_CMD_FLUSH:
+          if (!this.#readOnly) await this.#sync();
+          break;
+        case NBD_CMD_TRIM:
+          this.#dirty = true;
+          if (backend.trim !== undefined) await backend.trim(req.offset, req.length);
+          break;
+        case NBD_CMD_WRITE_ZEROES:
+          this.#dirty = true;
+          await this.#zero(req.offset, req.length);
+          break;
+      }
+      if ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && req.type !== NBD_CMD_READ && req.type !== NBD_CMD_FLUSH) await this.#sync();
+    } catch (err) {
+      errno = replyErrnoFor(err, this.#log, { cmd: req.type, offset: req.offset, length: req.length });
+    }
+    this.#complete(req, errno);
+  }
+
+  #sync(): Promise<void> {
+    this.#dirty = false;
+    return this.#backend.sync();
+  }
+
+  async #zero(offset: number, length: number): Promise<void> {
+    if (this.#backend.zero !== undefined) return this.#backend.zero(offset, length);
+    for (let off = offset, left = length; left > 0; ) {
+      const n = Math.min(left, ZEROES.length);
+      await this.#backend.writeAt(n === ZEROES.length ? ZEROES : ZEROES.subarray(0, n), off);
+      off += n;
+      left -= n;
+    }
+  }
+
+  #complete(req: NbdRequest, errno: number): void {
+    try {
+      this.#inFlight--;
+      if (req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE) this.#inFlightBytes -= req.length;
+      this.#reply(req, errno);
+      if (this.#state === STATE_RUNNING) this.#updateFlow();
+      else this.#maybeEnd();
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  /** Sends the simple reply (with READ data on success) and gives back buffers no longer needed. */
+  #reply(req: NbdRequest, errno: number): void {
+    if (requestChannel.hasSubscribers) {
+      requestChannel.publish({ conn: this.#options.conn, cmd: req.type, offset: req.offset, length: req.length, errno });
+    }
+    const socket = this.#socket;
+    const withData = errno === 0 && req.type === NBD_CMD_READ && req.payload !== undefined;
+    if (socket.destroyed || !socket.writable) {
+      if (req.pooled !== undefined) this.#pool.release(req.pooled);
+      return;
+    }
+    const header = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
+    encodeSimpleReply(header, 0, errno, req.handleHi, req.handleLo);
+    if (!this.#corked) {
+      this.#corked = true;
+      socket.cork();
+      process.nextTick(this.#uncork);
+    }
+    socket.write(header);
+    if (withData) {
+      this.#sent.push(req.pooled);
+      socket.write(req.payload!, this.#onPayloadWritten);
+    } else if (req.pooled !== undefined) {
+      this.#pool.release(req.pooled);
+    }
+    req.payload = undefined;
+    req.pooled = undefined;
+    if (socket.writableLength > OUTPUT_HIGH_WATER) this.#outputBlocked = true;
+  }
+
+  readonly #uncork = (): void => {
+    this.#corked = false;
+    this.#socket.uncork();
+  };
+
+  readonly #onPayloadWritten = (): void => {
+    const buf = this.#sent[this.#sentHead];
+    this.#sent[this.#sentHead++] = undefined;
+    if (this.#sentHead === this.#sent.length) {
+      this.#sent.length = 0;
+      this.#sentHead = 0;
+    }
+    if (buf !== undefined) this.#pool.release(buf);
+  };
+
+  // ---- flow and lifecycle ------------------------------------------------------------------
+
+  #updateFlow(): void {
+    const pause =
+      this.#state !== STATE_RUNNING ||
+      this.#inFlight >= this.#options.maxInFlight ||
+      this.#inFlightBytes >= this.#options.maxInFlightBytes ||
+      this.#outputBlocked;
+    if (pause) {
+      if (!this.#paused) {
+        this.#paused = true;
+        this.#socket.pause();
+      }
+      return;
+    }
+    if (this.#paused) {
+      this.#paused = false;
+      if (!this.#readEnded) this.#socket.resume();
+    }
+    if (this.#parser.stopped) this.#parser.resume();
+    if (this.#readEnded && !this.#parser.stopped && this.#parser.queuedBytes === 0) this.#onInputDone();
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    try {
+      this.#parser.push(chunk);
+    } catch (err) {
+      this.#fail(err);
+    }
+  };
+
+  readonly #onDrain = (): void => {
+    this.#outputBlocked = false;
+    if (this.#state === STATE_RUNNING) {
+      try {
+        this.#updateFlow();
+      } catch (err) {
+        this.#fail(err);
+      }
+    }
+  };
+
+  readonly #onEnd = (): void => {
+    this.#readEnded = true;
+    if (this.#state === STATE_RUNNING && !this.#parser.stopped) this.#onInputDone();
+  };
+
+  /** The peer sent FIN and every byte it sent has been parsed. */
+  #onInputDone(): void {
+    if (this.#state !== STATE_RUNNING) return;
+    if (this.#parser.midFrame) this.#log.warn('connection closed by the client in the middle of a request');
+    else this.#log.debug('connection closed by the client without NBD_CMD_DISC');
+    this.#syncOnEnd = this.#dirty;
+    this.#beginDrain();
+  }
+
+  #beginDrain(): void {
+    this.#parser.close();
+    this.#state = STATE_DRAINING;
+    this.#updateFlow();
+    this.#maybeEnd();
+  }
+
+  /** Once draining and nothing is in flight: sync if asked, then end the socket. */
+  #maybeEnd(): void {
+    if (this.#state !== STATE_DRAINING || this.#inFlight > 0) return;
+    this.#state = STATE_ENDING;
+    void this.#end();
+  }
+
+  async #end(): Promise<void> {
+    if (this.#syncOnEnd) {
+      try {
+        await this.#sync();
+      } catch (err) {
+        this.#log.warn({ err }, 'sync at disconnect failed');
+      }
+    }
+    this.#endDone = true;
+    if (this.#socketClosed) {
+      this.#finish();
+      return;
+    }
+    const socket = this.#socket;
+    socket.end();
+    this.#closeTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+    this.#closeTimer.unref();
+  }
+
+  /** A broken stream or an unexpected throw: log once, drop this connection only. */
+  #fail(err: unknown): void {
+    if (this.#state === STATE_CLOSED || this.#socketClosed) return;
+    if (err instanceof NbdProtocolError) this.#log.warn({ err }, `closing connection: ${err.message}`);
+    else this.#log.error({ err }, 'closing connection after an unexpected error');
+    this.#parser.close();
+    if (this.#state === STATE_RUNNING) {
+      this.#syncOnEnd = this.#dirty;
+      this.#state = STATE_DRAINING;
+    }
+    this.#socket.destroy();
+  }
+
+  readonly #onClose = (): void => {
+    this.#socketClosed = true;
+    this.#parser.close();
+    if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
+    if (this.#state === STATE_RUNNING) {
+      this.#syncOnEnd = this.#dirty;
+      this.#state = STATE_DRAINING;
+    }
+    if (this.#state === STATE_DRAINING) this.#maybeEnd();
+    else if (this.#state === STATE_ENDING && this.#endDone) this.#finish();
+  };
+
+  #finish(): void {
+    if (this.#state === STATE_CLOSED) return;
+    this.#state = STATE_CLOSED;
+    this.#resolveClosed();
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * ArbitraryReadWriterAt: any (off, length) inside [0, size) onto whole chunks of `next`.
+ *
+ * Guarantees:
+ * - A range outside [0, size) rejects with OutOfRangeError before `next` is touched.
+ * - A read covering a whole chunk reads straight into the caller's buffer; a partial chunk is read
+ *   whole into a pooled buffer and the requested part copied out. The chunks of one call are read
+ *   concurrently; the call settles only after every chunk call to `next` has settled.
+ * - A partial-chunk write is read-modify-write under that chunk's lock, so concurrent partial
+ *   writes to one chunk all survive. A whole aligned chunk is written without the read, but under
+ *   the same lock, so it orders with an RMW of that chunk in progress.
+ * - Pooled buffers are zero-filled before reuse; no view of the caller's buffer outlives the call.
+ * Assumes of `next`: whole chunks only (chunk i = [i*chunkSize, min((i+1)*chunkSize, size)), the
+ * last one may be short), reads fill the whole buffer or reject, concurrent calls are allowed, and
+ * `next` keeps no view of the buffers it is given.
+ */
+import { OutOfRangeError } from '../errors.js';
+import { chunkCount, chunkLength } from '../util/chunks.js';
+import { BufferPool } from './buffer-pool.js';
+import { ChunkLocks } from './chunk-locks.js';
+import { resolveGeometry } from './chunked.js';
+import type { ReadWriterAt } from './types.js';
+
+export interface ArbitraryOptions {
+  /** Bytes per chunk of `next` (> 0). */
+  readonly chunkSize: number;
+  /** Bytes in the target (>= 0). */
+  readonly size: number;
+  /** Free chunk buffers kept per size for partial chunks; 0 allocates each time. Default 16. */
+  readonly poolMaxPerSize?: number;
+}
+
+/** Waits for every promise to settle, then rejects with the first failure if there was one. */
+async function settleAll(parts: readonly Promise<void>[]): Promise<void> {
+  let failed = false;
+  let first: unknown;
+  for (const part of parts) {
+    try {
+      await part;
+    } catch (err) {
+      if (!failed) first = err;
+      failed = true;
+    }
+  }
+  if (failed) throw first;
+}
+
+export class ArbitraryReadWriterAt implements ReadWriterAt {
+  readonly chunkSize: number;
+  readonly size: number;
+  readonly #next: ReadWriterAt;
+  readonly #locks: ChunkLocks;
+  readonly #pool: BufferPool;
+
+  constructor(next: ReadWriterAt, options: ArbitraryOptions) {
+    const { chunkSize, size } = resolveGeometry(options);
+    this.#next = next;
+    this.chunkSize = chunkSize;
+    this.size = size;
+    this.#locks = new ChunkLocks(chunkCount(size, chunkSize));
+    this.#pool = new BufferPool({ maxPerSize: options.poolMaxPerSize ?? 16 });
+  }
+
+  async readAt(buf: Buffer, off: number): Promise<void> {
+    this.#checkRange(off, buf.length);
+    if (buf.length === 0) return;
+    const first = Math.floor(off / this.chunkSize);
+    const last = Math.floor((off + buf.length - 1) / this.chunkSize);
+    if (first === last) return this.#readChunk(buf, off, first);
+    const parts: Array<Promise<void>> = [];
+    for (let i = first; i <= last; i++) parts.push(this.#readChunk(buf, off, i));
+    return settleAll(parts);
+  }
+
+  async writeAt(buf: Buffer, off: number): Promise<void> {
+    this.#checkRange(off, buf.length);
+    if (buf.length === 0) return;
+    const first = Math.floor(off / this.chunkSize);
+    const last = Math.floor((off + buf.length - 1) / this.chunkSize);
+    if (first === last) return this.#writeChunk(buf, off, first);
+    const parts: Array<Promise<void>> = [];
+    for (let i = first; i <= last; i++) parts.push(this.#writeChunk(buf, off, i));
+    return settleAll(parts);
+  }
+
+  #checkRange(off: number, length: number): void {
+    if (!Number.isSafeInteger(off) || off < 0 || off + length > this.size) {
+      throw new OutOfRangeError(off, length, this.size);
+    }
+  }
+
+  /** Reads the part of chunk `i` that [off, off + buf.length) covers into `buf`. */
+  async #readChunk(buf: Buffer, off: number, i: number): Promise<void> {
+    const chunkOff = i * this.chunkSize;
+    const chunkLen = chunkLength(chunkOff, this.size, this.chunkSize);
+    const from = Math.max(off, chunkOff);
+    const to = Math.min(off + buf.length, chunkOff + chunkLen);
+    if (to - from === chunkLen) return this.#next.readAt(buf.subarray(from - off, to - off), chunkOff);
+    const tmp = this.#pool.take(chunkLen);
+    try {
+      await this.#next.readAt(tmp, chunkOff);
+      tmp.copy(buf, from - off, from - chunkOff, to - chunkOff);
+    } finally {
+      this.#pool.give(tmp);
+    }
+  }
+
+  /** Writes the part of `buf` that falls into chunk `i`, under that chunk's lock. */
+  async #writeChunk(buf: Buffer, off: number, i: number): Promise<void> {
+    const chunkOff = i * this.chunkSize;
+    const chunkLen = chunkLength(chunkOff, this.size, this.chunkSize);
+    const from = Math.max(off, chunkOff);
+    const to = Math.min(off + buf.length, chunkOff + chunkLen);
+    const release = await this.#locks.acquire(i);
+    try {
+      if (to - from === chunkLen) {
+        await this.#next.writeAt(buf.subarray(from - off, to - off), chunkOff);
+        return;
+      }
+      const tmp = this.#pool.take(chunkLen);
+      try {
+        await this.#next.readAt(tmp, chunkOff);
+        buf.copy(tmp, from - chunkOff, from - off, to - off);
+        await this.#next.writeAt(tmp, chunkOff);
+      } finally {
+        this.#pool.give(tmp);
+      }
+    } finally {
+      release();
+    }
+  }
+}

@@ -1,0 +1,262 @@
+import { EventEmitter } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ClosedError, MisalignedError, OutOfRangeError, UsageError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { chunkCount, chunkLength } from '../util/chunks.js';
+import { ascending, pullOrder, type PullPriority } from './pull-priority.js';
+import type { ReaderAt } from './types.js';
+
+/** A reader the puller can drive; `pull(off)` makes a chunk local without returning its data. */
+export type PullSource = ReaderAt & Partial<{ pull(off: number): Promise<void> }>;
+
+export interface PullerOptions {
+  /** Bytes per chunk; every chunk but the last is this long. */
+  readonly chunkSize: number;
+  /** Bytes in total; need not be a multiple of chunkSize. */
+  readonly size: number;
+  /** Concurrent pulls. 0 means no pulling at all (see the class comment). */
+  readonly workers: number;
+  readonly priority?: PullPriority;
+  /** Retries of a failed pull before the puller fails (default 3; 0 = none). */
+  readonly retries?: number;
+  /** Backoff before the first retry, doubled for each further one (default 100). */
+  readonly retryDelayMs?: number;
+  readonly log?: Logger;
+}
+
+export interface PullProgress {
+  readonly pulledChunks: number;
+  readonly totalChunks: number;
+  readonly pulledBytes: number;
+}
+
+export interface PullerEvents {
+  progress: [PullProgress];
+  error: [unknown];
+}
+
+/** Per-chunk state; counts are derived from it (#census), never kept apart from it. */
+const CHUNK = { queued: 0, pulling: 1, pullingStale: 2, pulled: 3 } as const;
+type ChunkState = (typeof CHUNK)[keyof typeof CHUNK];
+
+/**
+ * Pulls every chunk (the last one included) through `source` with `workers` concurrent pulls, in
+ * the order of `priority`. It calls `source.pull(off)` when the source has it, else reads each
+ * chunk into one buffer per worker, reused across chunks.
+ *
+ * - `finalize(dirtyOffsets)` puts those chunks in front of everything still queued: a pulled one is
+ *   pulled again, a queued one is pulled once, one being pulled is pulled again right after.
+ * - `wait()` resolves once finalize() was called and every chunk is pulled (dirty ones re-pulled),
+ *   rejects with the first error, or with ClosedError if close() came first.
+ * - Progress: the 'progress' event, once per pulled chunk. 'error' is emitted only when somebody
+ *   listens; the failure is logged once and always rejects wait().
+ * - `workers: 0`: start() does nothing, nothing is ever pulled, and wait() resolves as soon as
+ *   finalize() has been called.
+ * - Idle workers park on a promise until finalize() or close(); they never poll.
+ */
+export class Puller extends EventEmitter<PullerEvents> {
+  readonly options: Readonly<Required<Omit<PullerOptions, 'log'>>>;
+  readonly totalChunks: number;
+  readonly #source: PullSource;
+  readonly #usePull: boolean;
+  readonly #log: Logger;
+  readonly #order: Uint32Array;
+  readonly #state: Uint8Array;
+  readonly #census = new Uint32Array(4);
+  readonly #front: number[] = [];
+  #frontHead = 0;
+  #cursor = 0;
+  #started = false;
+  #finalized = false;
+  #closed = false;
+  #settled = false;
+  readonly #abort = new AbortController();
+  readonly #done: Promise<void>;
+  #resolve!: () => void;
+  #reject!: (err: unknown) => void;
+  #parked: { promise: Promise<void>; wake: () => void } | undefined;
+
+  constructor(source: PullSource, options: PullerOptions) {
+    super();
+    const { chunkSize, size, workers, priority = ascending, retries = 3, retryDelayMs = 100 } = options;
+    for (const [name, value, min] of [['chunkSize', chunkSize, 1], ['size', size, 0], ['workers', workers, 0],
+      ['retries', retries, 0], ['retryDelayMs', retryDelayMs, 0]] as const) {
+      if (!Number.isSafeInteger(value) || value < min) {
+        throw new UsageError(`puller ${name} must be an integer >= ${min}, got ${String(value)}`);
+      }
+    }
+    this.options = Object.freeze({ chunkSize, size, workers, priority, retries, retryDelayMs });
+    this.totalChunks = chunkCount(size, chunkSize);
+    this.#source = source;
+    this.#usePull = typeof source.pull === 'function';
+    this.#log = (options.log ?? silentLogger).child({ component: 'puller' });
+    this.#order = pullOrder(this.totalChunks, priority);
+    this.#state = new Uint8Array(this.totalChunks);
+    this.#census[CHUNK.queued] = this.totalChunks;
+    this.#done = new Promise<void>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    this.#done.catch(() => {}); // handled by whoever calls wait(); never an unhandled rejection
+  }
+
+  /** Starts the workers; a no-op with 0 workers or when already started. */
+  start(): void {
+    if (this.#closed) throw new ClosedError('puller');
+    if (this.#started || this.options.workers === 0) return;
+    this.#started = true;
+    const workers = Math.min(this.options.workers, Math.max(this.totalChunks, 1));
+    for (let i = 0; i < workers; i++) void this.#work();
+  }
+
+  /** Pulls the chunks at `dirtyOffsets` (again) before anything still queued. Call it once. */
+  finalize(dirtyOffsets: readonly number[]): void {
+    if (this.#closed) throw new ClosedError('puller');
+    if (this.#finalized) throw new UsageError('puller finalize() may be called only once');
+    const { chunkSize, size } = this.options;
+    for (const off of dirtyOffsets) {
+      if (off % chunkSize !== 0) throw new MisalignedError(off, chunkSize);
+      if (!Number.isSafeInteger(off) || off < 0 || off >= size) throw new OutOfRangeError(off, chunkSize, size, 'dirty offset');
+    }
+    for (const off of dirtyOffsets) {
+      const index = off / chunkSize;
+      const state = this.#state[index] as ChunkState;
+      if (state === CHUNK.pulling) this.#set(index, CHUNK.pullingStale);
+      else if (state === CHUNK.pulled) this.#set(index, CHUNK.queued);
+      if (state === CHUNK.queued || state === CHUNK.pulled) this.#front.push(index);
+    }
+    this.#finalized = true;
+    this.#checkDone();
+    this.#wake();
+  }
+
+  wait(): Promise<void> {
+    return this.#done;
+  }
+
+  /** Stops starting pulls at once; in-flight pulls are abandoned. Idempotent. */
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#abort.abort();
+      this.#settle(new ClosedError('puller'));
+      this.#wake();
+    }
+    return Promise.resolve();
+  }
+
+  get pulledChunks(): number {
+    return this.#census[CHUNK.pulled]!;
+  }
+
+  get pulledBytes(): number {
+    const { chunkSize, size } = this.options;
+    const last = this.totalChunks - 1;
+    const short = last >= 0 && this.#state[last] === CHUNK.pulled ? chunkSize - chunkLength(last * chunkSize, size, chunkSize) : 0;
+    return this.pulledChunks * chunkSize - short;
+  }
+
+  async #work(): Promise<void> {
+    const buf = this.#usePull ? undefined : Buffer.allocUnsafe(this.options.chunkSize);
+    while (!this.#closed && !this.#settled) {
+      const index = this.#take();
+      if (index === -1) await this.#park();
+      else await this.#pullChunk(index, buf);
+    }
+  }
+
+  /** The next queued chunk, marked as pulling: dirty chunks first, then the priority order. */
+  #take(): number {
+    while (this.#frontHead < this.#front.length) {
+      const index = this.#front[this.#frontHead++]!;
+      if (this.#state[index] === CHUNK.queued) return this.#set(index, CHUNK.pulling);
+    }
+    this.#front.length = this.#frontHead = 0;
+    while (this.#cursor < this.totalChunks) {
+      const index = this.#order[this.#cursor++]!;
+      if (this.#state[index] === CHUNK.queued) return this.#set(index, CHUNK.pulling);
+    }
+    return -1;
+  }
+
+  async #pullChunk(index: number, buf: Buffer | undefined): Promise<void> {
+    for (;;) {
+      if (!(await this.#attempt(index, buf)) || this.#closed) return;
+      if (this.#state[index] === CHUNK.pullingStale) {
+        this.#set(index, CHUNK.pulling); // finalize() dirtied it mid-pull: pull it again now
+        continue;
+      }
+      this.#set(index, CHUNK.pulled);
+      if (this.listenerCount('progress') > 0) {
+        this.emit('progress', { pulledChunks: this.pulledChunks, totalChunks: this.totalChunks, pulledBytes: this.pulledBytes });
+      }
+      this.#checkDone();
+      return;
+    }
+  }
+
+  /** One pull with retries; false if the puller failed or was closed meanwhile. */
+  async #attempt(index: number, buf: Buffer | undefined): Promise<boolean> {
+    const { chunkSize, size, retries, retryDelayMs } = this.options;
+    const off = index * chunkSize;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        if (buf === undefined) await this.#source.pull!(off);
+        else await this.#source.readAt(off + chunkSize > size ? buf.subarray(0, size - off) : buf, off);
+        return true;
+      } catch (err) {
+        if (this.#closed || this.#settled) return false;
+        if (attempt >= retries) {
+          this.#fail(err, off, attempt + 1);
+          return false;
+        }
+        this.#log.debug({ err, off, attempt: attempt + 1 }, 'pull failed, retrying');
+        try {
+          await sleep(retryDelayMs * 2 ** attempt, undefined, { signal: this.#abort.signal });
+        } catch {
+          return false; // closed while backing off
+        }
+      }
+    }
+  }
+
+  #set(index: number, state: ChunkState): number {
+    this.#census[this.#state[index]!]!--;
+    this.#census[state]!++;
+    this.#state[index] = state;
+    return index;
+  }
+
+  #checkDone(): void {
+    if (this.#finalized && (this.options.workers === 0 || this.pulledChunks === this.totalChunks)) this.#settle();
+  }
+
+  #fail(err: unknown, off: number, attempts: number): void {
+    this.#log.error({ err, off, attempts }, 'pull failed; the puller stops');
+    this.#settle(err);
+    if (this.listenerCount('error') > 0) this.emit('error', err);
+  }
+
+  #settle(err?: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    if (err === undefined) this.#resolve();
+    else this.#reject(err);
+    this.#wake();
+  }
+
+  #park(): Promise<void> {
+    if (this.#parked === undefined) {
+      let wake!: () => void;
+      const promise = new Promise<void>((resolve) => (wake = resolve));
+      this.#parked = { promise, wake };
+    }
+    return this.#parked.promise;
+  }
+
+  #wake(): void {
+    const parked = this.#parked;
+    this.#parked = undefined;
+    parked?.wake();
+  }
+}

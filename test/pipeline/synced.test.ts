@@ -1,0 +1,248 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
+import { SyncedReadWriterAt, type SyncedOptions } from '../../src/pipeline/synced.js';
+import { MemoryStore } from '../support/memory-store.js';
+
+const chunkSize = 4;
+
+/** remote + local stores of `chunks` chunks (+ `extra` bytes), the stage, and its callback log. */
+function setup(chunks = 2, extra = 0, options: Partial<SyncedOptions> = {}) {
+  const size = chunks * chunkSize + extra;
+  const remote = new MemoryStore(size);
+  const local = new MemoryStore(size);
+  const localized: number[] = [];
+  const synced = new SyncedReadWriterAt(remote, local, {
+    chunkSize,
+    size,
+    onChunkIsLocal: (off) => localized.push(off),
+    ...options,
+  });
+  return { remote, local, synced, localized, size };
+}
+
+const text = (s: string): Buffer => Buffer.from(s, 'latin1');
+
+describe('SyncedReadWriterAt', () => {
+  for (const off of [0, 4]) {
+    it(`writes the chunk at ${off} and reads it back without asking the remote`, async () => {
+      const { remote, local, synced, localized } = setup();
+      await synced.writeAt(text('test'), off);
+      const out = Buffer.alloc(4, 0xff);
+      await synced.readAt(out, off);
+      assert.deepEqual(out, text('test'));
+      assert.deepEqual(local.peek(off, 4), text('test'));
+      assert.equal(remote.readCalls, 0);
+      assert.deepEqual(localized, [off]);
+      assert.equal(synced.isLocal(off), true);
+    });
+
+    it(`reads the chunk at ${off} from the remote into local`, async () => {
+      const { remote, local, synced, localized } = setup();
+      remote.fill(off, text('test'));
+      const out = Buffer.alloc(4, 0xff);
+      await synced.readAt(out, off);
+      assert.deepEqual(out, text('test'));
+      assert.deepEqual(local.peek(off, 4), text('test'));
+      assert.deepEqual(localized, [off]);
+      assert.equal(synced.localCount, 1);
+      await synced.readAt(out, off);
+      assert.equal(remote.readCalls, 1, 'a local chunk is not fetched again');
+    });
+  }
+
+  it('syncs, then fetches again after the remote changed and the chunk was marked remote', async () => {
+    const { remote, synced, localized } = setup();
+    remote.fill(4, text('test'));
+    const out = Buffer.alloc(4);
+    await synced.readAt(out, 4);
+    remote.fill(4, text('pass'));
+    synced.markAsRemote([4]);
+    assert.equal(synced.isLocal(4), false);
+    assert.equal(synced.localCount, 0);
+    await synced.readAt(out, 4);
+    assert.deepEqual(out, text('pass'));
+    assert.equal(remote.readCalls, 2);
+    assert.deepEqual(localized, [4, 4]);
+  });
+
+  it('reads a short last chunk at its short length', async () => {
+    const { remote, synced } = setup(2, 3);
+    remote.fill(8, text('end'));
+    const out = Buffer.alloc(3);
+    await synced.readAt(out, 8);
+    assert.deepEqual(out, text('end'));
+    assert.deepEqual(remote.calls, ['read 8+3']);
+  });
+
+  it('asks the remote once when eight reads of one remote chunk run at once', async () => {
+    const { remote, synced, localized } = setup();
+    remote.fill(4, text('once'));
+    const outs = Array.from({ length: 8 }, () => Buffer.alloc(4, 0xff));
+    await Promise.all(outs.map((out) => synced.readAt(out, 4)));
+    assert.equal(remote.readCalls, 1);
+    for (const out of outs) assert.deepEqual(out, text('once'));
+    assert.deepEqual(localized, [4]);
+  });
+
+  it('fires onChunkIsLocal once per remote-to-local transition, whatever caused it', async () => {
+    const { synced, localized } = setup(3);
+    await synced.writeAt(text('aaaa'), 0); // write: fires
+    await synced.readAt(Buffer.alloc(4), 0); // already local
+    await synced.pull(0); // already local
+    await synced.pull(4); // pull: fires
+    await synced.readAt(Buffer.alloc(4), 8); // read: fires
+    synced.markAsRemote([0, 4]);
+    await synced.writeAt(text('bbbb'), 0); // fires again after markAsRemote
+    await Promise.all([synced.pull(4), synced.pull(4), synced.readAt(Buffer.alloc(4), 4)]); // once
+    assert.deepEqual(localized, [0, 4, 8, 0, 4]);
+    assert.equal(synced.localCount, 3);
+  });
+
+  it('pull makes a chunk local without returning data, and does nothing for a local chunk', async () => {
+    const { remote, local, synced } = setup();
+    remote.fill(0, text('pull'));
+    await synced.pull(0);
+    await synced.pull(0);
+    assert.equal(remote.readCalls, 1);
+    assert.deepEqual(local.peek(0, 4), text('pull'));
+  });
+
+  for (const via of ['pull', 'read'] as const) {
+    it(`a write during a ${via} of the same chunk survives`, async () => {
+      const { remote, local, synced } = setup();
+      remote.fill(0, text('old!'));
+      const release = remote.hold('read');
+      const fetch = via === 'pull' ? synced.pull(0) : synced.readAt(Buffer.alloc(4), 0);
+      await nextTurn();
+      const write = synced.writeAt(text('new!'), 0);
+      await nextTurn();
+      assert.equal(local.writeCalls, 0, 'the write waits for the fetch');
+      release();
+      await Promise.all([fetch, write]);
+      const out = Buffer.alloc(4);
+      await synced.readAt(out, 0);
+      assert.deepEqual(out, text('new!'));
+      assert.deepEqual(local.peek(0, 4), text('new!'));
+    });
+  }
+
+  it('a chunk marked remote during its fetch stays remote and is fetched again', async () => {
+    const { remote, synced, localized } = setup();
+    remote.fill(0, text('old!'));
+    const release = remote.hold('read');
+    const fetch = synced.pull(0);
+    await nextTurn();
+    synced.markAsRemote([0]);
+    remote.fill(0, text('new!'));
+    release();
+    await fetch;
+    assert.equal(synced.isLocal(0), false);
+    assert.deepEqual(localized, []);
+    const out = Buffer.alloc(4);
+    await synced.readAt(out, 0);
+    assert.deepEqual(out, text('new!'));
+  });
+
+  it('markAsLocal makes chunks local without a fetch or a callback', async () => {
+    const { remote, local, synced, localized } = setup();
+    local.fill(4, text('kept'));
+    synced.markAsLocal([4, 4]);
+    assert.equal(synced.localCount, 1);
+    const out = Buffer.alloc(4);
+    await synced.readAt(out, 4);
+    assert.deepEqual(out, text('kept'));
+    assert.equal(remote.readCalls, 0);
+    assert.deepEqual(localized, []);
+  });
+
+  it('marking an offset that is not a chunk inside the target throws and changes nothing', () => {
+    const { synced } = setup();
+    assert.throws(() => synced.markAsLocal([0, 2]), { code: 'ERR_MISALIGNED' });
+    assert.throws(() => synced.markAsLocal([0, 8]), { code: 'ERR_OUT_OF_RANGE' });
+    assert.equal(synced.localCount, 0);
+  });
+
+  const invalid = [
+    { name: 'a misaligned offset', off: 2, length: 4, code: 'ERR_MISALIGNED' },
+    { name: 'a partial chunk', off: 0, length: 2, code: 'ERR_BAD_LENGTH' },
+    { name: 'a chunk past the end', off: 8, length: 4, code: 'ERR_OUT_OF_RANGE' },
+  ];
+  for (const c of invalid) {
+    it(`rejects ${c.name} without touching either side`, async () => {
+      const { remote, local, synced } = setup();
+      await assert.rejects(synced.readAt(Buffer.alloc(c.length), c.off), { code: c.code });
+      await assert.rejects(synced.writeAt(Buffer.alloc(c.length), c.off), { code: c.code });
+      assert.deepEqual([...remote.calls, ...local.calls], []);
+    });
+  }
+
+  it('a failed fetch leaves the chunk remote, and the next read fetches again', async () => {
+    const { remote, synced, localized } = setup();
+    remote.fill(0, text('data'));
+    const boom = new Error('remote down');
+    remote.failNext('read', boom);
+    await assert.rejects(synced.readAt(Buffer.alloc(4), 0), (err) => err === boom);
+    assert.equal(synced.isLocal(0), false);
+    const out = Buffer.alloc(4);
+    await synced.readAt(out, 0);
+    assert.deepEqual(out, text('data'));
+    assert.deepEqual(localized, [0]);
+  });
+
+  it('a failed local write to a remote chunk leaves it remote', async () => {
+    const { local, synced, localized } = setup();
+    const boom = new Error('local full');
+    local.failNext('write', boom);
+    await assert.rejects(synced.writeAt(text('lost'), 0), (err) => err === boom);
+    assert.equal(synced.isLocal(0), false);
+    assert.deepEqual(localized, []);
+  });
+
+  it('a throwing onChunkIsLocal does not fail the read and goes to onError', async () => {
+    const boom = new Error('hook failed');
+    const errors: unknown[] = [];
+    const { remote, synced } = setup(2, 0, {
+      onChunkIsLocal: () => {
+        throw boom;
+      },
+      onError: (err) => errors.push(err),
+    });
+    remote.fill(0, text('fine'));
+    const out = Buffer.alloc(4);
+    await synced.readAt(out, 0);
+    assert.deepEqual(out, text('fine'));
+    assert.deepEqual(errors, [boom]);
+    assert.equal(synced.isLocal(0), true);
+  });
+
+  it('a throwing onChunkIsLocal without onError is emitted as a process warning', async () => {
+    const boom = new Error('hook failed');
+    const { synced } = setup(2, 0, {
+      onChunkIsLocal: () => {
+        throw boom;
+      },
+    });
+    const warned = once(process, 'warning');
+    await synced.writeAt(text('fine'), 0);
+    const [warning] = (await Promise.race([warned, sleep(5000, undefined, { ref: false }).then(() => [undefined])])) as [Error | undefined];
+    assert.ok(warning !== undefined, 'a warning was emitted');
+    assert.equal(warning.name, 'R3mapHookWarning');
+    assert.equal(warning.cause, boom);
+  });
+
+  it('a rejecting async onChunkIsLocal goes to onError too', async () => {
+    const boom = new Error('async hook failed');
+    const errors: unknown[] = [];
+    const { synced } = setup(2, 0, {
+      onChunkIsLocal: async () => {
+        throw boom;
+      },
+      onError: (err) => errors.push(err),
+    });
+    await synced.writeAt(text('fine'), 4);
+    await nextTurn();
+    assert.deepEqual(errors, [boom]);
+  });
+});

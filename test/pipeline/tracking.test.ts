@@ -1,0 +1,92 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { TrackingReadWriterAt } from '../../src/pipeline/tracking.js';
+import { MemoryStore } from '../support/memory-store.js';
+
+const chunkSize = 4;
+
+function setup() {
+  const store = new MemoryStore(8 * chunkSize + 2);
+  return { store, tracking: new TrackingReadWriterAt(store, { chunkSize }) };
+}
+
+interface Case {
+  readonly name: string;
+  readonly writes: ReadonlyArray<readonly [off: number, length: number]>;
+  readonly dirty: readonly number[];
+}
+
+const cases: readonly Case[] = [
+  { name: 'records one aligned chunk write', writes: [[8, 4]], dirty: [8] },
+  { name: 'records the same offset written twice once', writes: [[8, 4], [8, 4]], dirty: [8] },
+  { name: 'records every chunk a write covers', writes: [[2, 10]], dirty: [0, 4, 8] },
+  { name: 'records the chunk holding an unaligned write', writes: [[9, 1]], dirty: [8] },
+  { name: 'records the short last chunk', writes: [[32, 2]], dirty: [32] },
+  { name: 'returns offsets sorted whatever the write order', writes: [[20, 4], [0, 1], [13, 2]], dirty: [0, 12, 20] },
+];
+
+describe('TrackingReadWriterAt', () => {
+  for (const c of cases) {
+    it(c.name, async () => {
+      const { tracking } = setup();
+      tracking.track();
+      for (const [off, length] of c.writes) await tracking.writeAt(Buffer.alloc(length, 1), off);
+      assert.deepEqual(tracking.sync(), c.dirty);
+    });
+  }
+
+  it('records nothing before track() is called', async () => {
+    const { store, tracking } = setup();
+    assert.equal(tracking.tracking, false);
+    await tracking.writeAt(Buffer.alloc(4, 1), 0);
+    assert.deepEqual(store.peek(0, 4), Buffer.alloc(4, 1), 'the write still lands');
+    tracking.track();
+    assert.equal(tracking.tracking, true);
+    assert.deepEqual(tracking.sync(), []);
+  });
+
+  it('writing and syncing twice only returns the second delta', async () => {
+    const { tracking } = setup();
+    tracking.track();
+    await tracking.writeAt(Buffer.alloc(4, 1), 0);
+    assert.deepEqual(tracking.sync(), [0]);
+    await tracking.writeAt(Buffer.alloc(4, 2), 4);
+    assert.deepEqual(tracking.sync(), [4]);
+    assert.equal(tracking.tracking, true, 'sync leaves tracking on');
+  });
+
+  it('does not record reads', async () => {
+    const { tracking } = setup();
+    tracking.track();
+    await tracking.readAt(Buffer.alloc(8), 0);
+    assert.deepEqual(tracking.sync(), []);
+  });
+
+  it('does not record a write that failed', async () => {
+    const { store, tracking } = setup();
+    tracking.track();
+    const boom = new Error('no space');
+    store.failNext('write', boom);
+    await assert.rejects(tracking.writeAt(Buffer.alloc(4), 4), (err) => err === boom);
+    assert.deepEqual(tracking.sync(), []);
+  });
+
+  it('records a write only once it has landed, including one in flight when track() is called', async () => {
+    const { store, tracking } = setup();
+    const release = store.hold('write');
+    const write = tracking.writeAt(Buffer.alloc(4, 1), 12);
+    await nextTurn();
+    tracking.track();
+    assert.deepEqual(tracking.sync(), [], 'not recorded before it lands');
+    release();
+    await write;
+    assert.deepEqual(tracking.sync(), [12]);
+  });
+
+  it('refuses a chunk size that is not a whole number of bytes above 0', () => {
+    for (const bad of [0, -1, 2.5]) {
+      assert.throws(() => new TrackingReadWriterAt(new MemoryStore(8), { chunkSize: bad }), { code: 'ERR_USAGE' });
+    }
+  });
+});
