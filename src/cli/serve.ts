@@ -2,7 +2,7 @@ import { Command, Option } from 'commander';
 import { runCommand, type CommandContext } from './run.js';
 import { collect, countArg, sizeArg } from './options.js';
 import { openBackend } from '../backends/open.js';
-import { ACCEPTED_BACKEND_URIS } from '../backends/uri.js';
+import { ACCEPTED_BACKEND_URIS, parseBackendUri } from '../backends/uri.js';
 import { NbdServer, type NbdExport } from '../nbd/server.js';
 import { parseListenAddress } from '../nbd/listen-address.js';
 import { UsageError } from '../errors.js';
@@ -29,7 +29,7 @@ export function serveCommand(): Command {
     .option('--nbd-listen <address>', 'NBD listener, repeatable: host:port, [::1]:port, unix:/path (default 127.0.0.1:10809)', collect, [])
     .option('--export-name <name>', 'name of the export (clients asking for "" get it too)', 'default')
     .option('--description <text>', 'export description shown by nbdinfo')
-    .option('--export <name=uri>', 'an extra named export, repeatable (same --size and --read-only)', collect, [])
+    .option('--export <name=uri>', 'an extra named export, repeatable (--size applies unless the URI has ?size=; --read-only applies)', collect, [])
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
     .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg));
@@ -37,8 +37,10 @@ export function serveCommand(): Command {
 
 async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promise<number> {
   const opened: Backend[] = [];
+  // --size applies to every export whose URI does not carry its own ?size=.
   const open = async (uri: string): Promise<Backend> => {
-    const b = await openBackend(uri, { ...(flags.size !== undefined ? { size: flags.size } : {}), readOnly: flags.readOnly });
+    const size = parseBackendUri(uri).size ?? flags.size;
+    const b = await openBackend(uri, { ...(size !== undefined ? { size } : {}), readOnly: flags.readOnly });
     opened.push(b);
     return b;
   };
@@ -57,7 +59,7 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
     if (flags.maxInFlight === 0) throw new UsageError('--max-in-flight must be at least 1');
     const listens = flags.nbdListen.length ? flags.nbdListen : ['127.0.0.1:10809'];
     const addresses = listens.map((a) => parseListenAddress(a));
-    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, log: log.child({ component: 'nbd-server' }) });
+    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, log });
     try {
       for (const address of addresses) {
         const bound = await server.listen(address);

@@ -6,7 +6,8 @@
  * its own, at the first byte of the transmission phase, so the caller (NbdClient, or later the
  * kernel attach) owns it from there. Every length that comes off the wire is capped.
  */
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
+import { once } from 'node:events';
 import { ClosedError, NbdProtocolError, TimeoutError } from '../errors.js';
 import {
   decodeGreeting,
@@ -51,6 +52,9 @@ const MAX_OPTION_REPLY = 2 * NBD_MAX_STRING + 64;
 const MAX_REPLIES_PER_OPTION = 65536;
 /** Defaults the spec gives when the server sends no NBD_INFO_BLOCK_SIZE. */
 const DEFAULT_BLOCK_SIZE = Object.freeze({ min: 1, preferred: 4096, max: 32 * 1024 * 1024 });
+
+/** Where the server listens: TCP host and port, or a Unix socket path. */
+export type NbdAddress = { readonly host: string; readonly port: number } | { readonly path: string };
 
 export interface NbdBlockSize {
   readonly min: number;
@@ -253,6 +257,26 @@ function decodeBlockSize(data: Buffer): NbdBlockSize {
 
 function expectLength(data: Buffer, length: number, what: string): void {
   if (data.length !== length) throw new NbdProtocolError(`${what} is ${data.length} bytes, want ${length}`);
+}
+
+/** Connects a socket (TCP_NODELAY on TCP), bounded by `timeoutMs` (0 means none). */
+export async function openSocket(address: NbdAddress, timeoutMs: number): Promise<Socket> {
+  const socket = 'path' in address ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port });
+  const signal = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
+  try {
+    await once(socket, 'connect', signal ? { signal } : {});
+  } catch (err) {
+    socket.destroy();
+    if (signal?.aborted) throw new TimeoutError(`connecting to ${describeAddress(address)} took longer than ${timeoutMs} ms`, { cause: err });
+    throw err;
+  }
+  if (!('path' in address)) socket.setNoDelay(true);
+  return socket;
+}
+
+/** 'unix:/path' or 'host:port', for messages. */
+export function describeAddress(address: NbdAddress): string {
+  return 'path' in address ? `unix:${address.path}` : `${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`;
 }
 
 /** Exact-length reads over a socket's 'data' events, bounded by one deadline. Handshake only. */

@@ -11,9 +11,8 @@
  * tests can see the server's errno. NBD errors reject with NbdRequestError; a broken stream fails
  * every pending request and resolves `closed()` with the error.
  */
-import net, { type Socket } from 'node:net';
-import { once } from 'node:events';
-import { ClosedError, NbdProtocolError, NbdRequestError, OutOfRangeError, TimeoutError } from '../errors.js';
+import type { Socket } from 'node:net';
+import { ClosedError, NbdProtocolError, NbdRequestError, OutOfRangeError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
   NBD_CMD_DISC,
@@ -42,12 +41,10 @@ import {
   flagNames,
   nameOf,
 } from './constants.js';
-import { listExports, negotiate, type NbdBlockSize, type NbdExportInfo, type NbdExportListing } from './client-handshake.js';
+import { listExports, negotiate, openSocket, type NbdAddress, type NbdBlockSize, type NbdExportInfo, type NbdExportListing } from './client-handshake.js';
 
-export type { NbdBlockSize, NbdExportInfo, NbdExportListing } from './client-handshake.js';
-
-/** Where the server listens: TCP host and port, or a Unix socket path. */
-export type NbdAddress = { readonly host: string; readonly port: number } | { readonly path: string };
+export { describeAddress } from './client-handshake.js';
+export type { NbdAddress, NbdBlockSize, NbdExportInfo, NbdExportListing } from './client-handshake.js';
 
 export interface NbdClientOptions {
   /** Export to open; '' (the default) is the server's default export. */
@@ -401,23 +398,4 @@ function resolveOptions(options: NbdClientOptions): ResolvedOptions {
     timeoutMs: options.timeoutMs ?? 30_000,
     log: options.log ?? silentLogger,
   });
-}
-
-async function openSocket(address: NbdAddress, timeoutMs: number): Promise<Socket> {
-  const socket = 'path' in address ? net.connect({ path: address.path }) : net.connect({ host: address.host, port: address.port });
-  const signal = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
-  try {
-    await once(socket, 'connect', signal ? { signal } : {});
-  } catch (err) {
-    socket.destroy();
-    if (signal?.aborted) throw new TimeoutError(`connecting to ${describeAddress(address)} took longer than ${timeoutMs} ms`, { cause: err });
-    throw err;
-  }
-  if (!('path' in address)) socket.setNoDelay(true);
-  return socket;
-}
-
-/** 'unix:/path' or 'host:port', for messages. */
-export function describeAddress(address: NbdAddress): string {
-  return 'path' in address ? `unix:${address.path}` : `${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`;
 }

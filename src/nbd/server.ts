@@ -12,7 +12,7 @@ import { ClosedError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Backend } from '../pipeline/types.js';
 import { NBD_MAX_STRING } from './constants.js';
-import { Handshake, isReadOnly, type HandshakeOptions } from './handshake.js';
+import { Handshake, isReadOnly, transmissionFlagsFor, type HandshakeOptions } from './handshake.js';
 import { formatListenAddress, type ListenAddress } from './listen-address.js';
 import { Transmission } from './transmission.js';
 
@@ -50,6 +50,8 @@ interface ResolvedOptions {
 
 interface Connection {
   readonly socket: Socket;
+  readonly conn: number;
+  readonly log: Logger;
   transmission: Transmission | undefined;
 }
 
@@ -90,18 +92,14 @@ export class NbdServer {
     return text;
   }
 
-  /** Serves one already-connected socket (a socketpair end, an accepted connection). */
+  /**
+   * Serves one already-connected socket (a socketpair end, an accepted connection). Create it with
+   * `allowHalfOpen: true` (as `listen()` does) so a client that half-closes still gets its replies.
+   */
   handle(socket: Socket): void {
-    if (this.#closing !== undefined) {
-      socket.destroy();
-      return;
-    }
-    const conn = this.#nextConn++;
-    const log = this.#log.child({ conn });
-    log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection accepted');
-    const entry: Connection = { socket, transmission: undefined };
-    socket.setNoDelay(true);
-    socket.on('error', (err) => log.debug({ err }, 'socket error'));
+    const entry = this.#register(socket);
+    if (entry === undefined) return;
+    const { log } = entry;
     const handshake = new Handshake(this.#handshakeOptions(log), socket);
     const onEnd = (): void => {
       log.debug('client closed the connection during the handshake');
@@ -126,22 +124,48 @@ export class NbdServer {
         return;
       }
       const result = handshake.result!;
-      log.debug({ export: result.export.name, size: result.size, flags: result.transmissionFlags }, 'transmission phase');
-      entry.transmission = new Transmission(socket, {
-        backend: result.export.backend,
-        size: result.size,
-        transmissionFlags: result.transmissionFlags,
-        maxPayload: this.#options.maxPayload,
-        maxInFlight: this.#options.maxInFlight,
-        maxInFlightBytes: this.#options.maxInFlightBytes,
-        minBlockSize: this.#options.minBlockSize,
-        conn,
-        log,
-      });
-      entry.transmission.start(result.remainder);
+      this.#transmit(entry, result.export, result.size, result.transmissionFlags, result.remainder);
     };
     socket.on('data', onData);
     socket.on('end', onEnd);
+    if (socket.destroyed) return;
+    handshake.start();
+  }
+
+  /**
+   * Serves the transmission phase of one export on a socket whose client skipped the handshake:
+   * the kernel side of a socketpair after NBD_SET_SOCK, which learns size and flags by ioctl
+   * (see `transmissionFlagsOf`). Throws a UsageError for an unknown export.
+   */
+  serveAttached(socket: Socket, exportName: string): void {
+    const exp = this.#exportNamed(exportName);
+    const entry = this.#register(socket);
+    if (entry === undefined) return;
+    this.#transmit(entry, exp, exp.backend.size, transmissionFlagsFor(exp), undefined);
+  }
+
+  /** The transmission flags the handshake would advertise for an export (for NBD_SET_FLAGS). */
+  transmissionFlagsOf(exportName: string): number {
+    return transmissionFlagsFor(this.#exportNamed(exportName));
+  }
+
+  #exportNamed(name: string): NbdExport {
+    const exp = this.#options.exports.find((e) => e.name === name) ?? (name === '' ? this.#options.exports[0] : undefined);
+    if (exp === undefined) throw new UsageError(`no export named "${name}"`);
+    return exp;
+  }
+
+  #register(socket: Socket): Connection | undefined {
+    if (this.#closing !== undefined) {
+      socket.destroy();
+      return undefined;
+    }
+    const conn = this.#nextConn++;
+    const log = this.#log.child({ conn });
+    log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection accepted');
+    const entry: Connection = { socket, conn, log, transmission: undefined };
+    socket.setNoDelay(true);
+    socket.on('error', (err) => log.debug({ err }, 'socket error'));
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
       .then(() => entry.transmission?.closed)
       .then(() => {
@@ -149,8 +173,23 @@ export class NbdServer {
         log.debug('connection closed');
       });
     this.#connections.set(entry, closed);
-    if (socket.destroyed) return;
-    handshake.start();
+    return entry;
+  }
+
+  #transmit(entry: Connection, exp: NbdExport, size: number, transmissionFlags: number, remainder: Buffer | undefined): void {
+    entry.log.debug({ export: exp.name, size, flags: transmissionFlags }, 'transmission phase');
+    entry.transmission = new Transmission(entry.socket, {
+      backend: exp.backend,
+      size,
+      transmissionFlags,
+      maxPayload: this.#options.maxPayload,
+      maxInFlight: this.#options.maxInFlight,
+      maxInFlightBytes: this.#options.maxInFlightBytes,
+      minBlockSize: this.#options.minBlockSize,
+      conn: entry.conn,
+      log: entry.log,
+    });
+    entry.transmission.start(remainder);
   }
 
   /** Stops accepting, drains in-flight requests, syncs writable backends, closes connections. */

@@ -20,20 +20,8 @@ import type { Logger } from '../log.js';
 import type { Backend } from '../pipeline/types.js';
 import { encodeSimpleReply } from './codec.js';
 import {
-  NBD_CMD_DISC,
-  NBD_CMD_FLAG_FUA,
-  NBD_CMD_FLAG_NO_HOLE,
-  NBD_CMD_FLUSH,
-  NBD_CMD_READ,
-  NBD_CMD_TRIM,
-  NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_EOVERFLOW,
-  NBD_EPERM,
-  NBD_FLAG_READ_ONLY,
-  NBD_FLAG_SEND_FUA,
-  NBD_SIMPLE_REPLY_SIZE,
+  NBD_CMD_DISC, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FUA, NBD_SIMPLE_REPLY_SIZE,
 } from './constants.js';
 import { replyErrnoFor } from './errno.js';
 import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
@@ -123,7 +111,6 @@ export class Transmission implements RequestSink {
     socket.on('close', this.#onClose);
     if (socket.destroyed) this.#onClose();
     else if (remainder !== undefined) this.#onData(remainder);
-    if (this.#readEnded || socket.readableEnded) this.#onEnd();
   }
 
   /** Graceful stop for server close: read no more, finish what is in flight, sync if written, close. */
@@ -135,7 +122,7 @@ export class Transmission implements RequestSink {
     return this.#closed;
   }
 
-  // ---- RequestSink -------------------------------------------------------------------------
+  // ---- RequestSink: validate at header time, then dispatch ------------------------------------
 
   validate(req: NbdRequest): number {
     const { type, flags, offset, length } = req;
@@ -148,7 +135,10 @@ export class Transmission implements RequestSink {
         if ((flags & ~allowed) !== 0) return NBD_EINVAL;
         if (type !== NBD_CMD_READ && this.#readOnly) return NBD_EPERM;
         if (type !== NBD_CMD_TRIM && type !== NBD_CMD_WRITE_ZEROES && length > this.#options.maxPayload) return NBD_EOVERFLOW;
-        if (offset + length > this.#options.size) return NBD_EINVAL;
+        if (offset + length > this.#options.size) {
+          // The spec: a write past the end SHOULD fail with ENOSPC (as nbdkit does); reads and trims with EINVAL.
+          return type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
+        }
         const min = this.#options.minBlockSize;
         if (min > 1 && (offset % min !== 0 || length % min !== 0)) return NBD_EINVAL;
         return 0;
@@ -201,19 +191,19 @@ export class Transmission implements RequestSink {
           break;
         }
         case NBD_CMD_WRITE:
-          this.#dirty = true;
           await backend.writeAt(req.payload!, req.offset);
+          this.#dirty = true;
           break;
         case NBD_CMD_FLUSH:
           if (!this.#readOnly) await this.#sync();
           break;
         case NBD_CMD_TRIM:
-          this.#dirty = true;
           if (backend.trim !== undefined) await backend.trim(req.offset, req.length);
+          this.#dirty = true;
           break;
         case NBD_CMD_WRITE_ZEROES:
-          this.#dirty = true;
           await this.#zero(req.offset, req.length);
+          this.#dirty = true;
           break;
       }
       if ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && req.type !== NBD_CMD_READ && req.type !== NBD_CMD_FLUSH) await this.#sync();
@@ -285,11 +275,13 @@ export class Transmission implements RequestSink {
     this.#socket.uncork();
   };
 
+  /** Write callbacks run in write order, so the oldest entry of `#sent` is the one just sent. */
   readonly #onPayloadWritten = (): void => {
-    const buf = this.#sent[this.#sentHead];
-    this.#sent[this.#sentHead++] = undefined;
-    if (this.#sentHead === this.#sent.length) {
-      this.#sent.length = 0;
+    const sent = this.#sent;
+    const buf = sent[this.#sentHead];
+    sent[this.#sentHead++] = undefined;
+    if (this.#sentHead === sent.length || this.#sentHead >= 1024) {
+      sent.splice(0, this.#sentHead);
       this.#sentHead = 0;
     }
     if (buf !== undefined) this.#pool.release(buf);
@@ -328,12 +320,11 @@ export class Transmission implements RequestSink {
 
   readonly #onDrain = (): void => {
     this.#outputBlocked = false;
-    if (this.#state === STATE_RUNNING) {
-      try {
-        this.#updateFlow();
-      } catch (err) {
-        this.#fail(err);
-      }
+    if (this.#state !== STATE_RUNNING) return;
+    try {
+      this.#updateFlow();
+    } catch (err) {
+      this.#fail(err);
     }
   };
 
@@ -374,14 +365,12 @@ export class Transmission implements RequestSink {
       }
     }
     this.#endDone = true;
-    if (this.#socketClosed) {
-      this.#finish();
-      return;
-    }
     const socket = this.#socket;
-    socket.end();
-    this.#closeTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
-    this.#closeTimer.unref();
+    if (this.#socketClosed) this.#finish();
+    else if (!socket.destroyed) {
+      socket.end();
+      this.#closeTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+    }
   }
 
   /** A broken stream or an unexpected throw: log once, drop this connection only. */

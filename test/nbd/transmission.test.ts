@@ -212,6 +212,41 @@ describe('Transmission over real sockets', () => {
     session.client.destroy();
   });
 
+  test('caps the payload bytes in flight per connection', async () => {
+    const { address, backend } = await serve({ delayMs: (op) => (op === 'read' ? 20 : 0) }, { maxInFlightBytes: 8192 });
+    const session = await openSession(address);
+    const lengths = new Map<number, number>();
+    for (let h = 1; h <= 8; h++) {
+      lengths.set(h, 4096);
+      sendRequest(session.client, { type: NBD_CMD_READ, handle: h, offset: 0, length: 4096 });
+    }
+    for (let i = 0; i < 8; i++) assert.equal((await readReply(session.client, lengths)).errno, 0);
+    assert.equal(backend.maxInFlightSeen, 2);
+    session.client.destroy();
+  });
+
+  test('stops reading new requests while replies pile up unread, and resumes once they drain', async () => {
+    const { address, backend } = await serve({ size: 64 * 1024 * 1024 }, { maxPayload: 1024 * 1024 });
+    const session = await openSession(address);
+    const lengths = new Map<number, number>();
+    const batch = (first: number): void => {
+      for (let h = first; h < first + 32; h++) {
+        lengths.set(h, 1024 * 1024);
+        sendRequest(session.client, { type: NBD_CMD_READ, handle: h, offset: (h % 64) * 1024 * 1024, length: 1024 * 1024 });
+      }
+    };
+    session.client.socket.pause();
+    batch(1);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    batch(33);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(backend.calls.length, 32, 'the second batch waits while 32 MiB of replies are unread');
+    session.client.socket.resume();
+    for (let i = 0; i < 64; i++) assert.equal((await readReply(session.client, lengths)).errno, 0);
+    assert.equal(backend.calls.length, 64);
+    session.client.destroy();
+  });
+
   test('a client that half-closes after its requests still gets every reply', async () => {
     const { address } = await serve();
     const session = await openSession(address);
