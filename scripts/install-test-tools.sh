@@ -16,6 +16,8 @@ declare -A want=(
   [fusermount3]=fuse3
   [losetup]=mount
   [mkfs.ext4]=e2fsprogs
+  [redis-server]=redis-server
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!want[@]}"; do

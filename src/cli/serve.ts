@@ -26,10 +26,10 @@ export function serveCommand(): Command {
       'Prints one line per listener on stdout when ready (an NBD URI), logs to stderr; SIGTERM drains, syncs and exits 0.')
     .requiredOption('--backend <uri>', `what to serve: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', 'size of the resource (1GiB, 512MiB, 4096); needed for memory and new files', sizeArg)
-    .option('--nbd-listen <address>', 'NBD listener, repeatable: host:port, [::1]:port, unix:/path (default 127.0.0.1:10809)', collect, [])
+    .addOption(new Option('--nbd-listen <address>', 'NBD listener, repeatable: host:port, [::1]:port, unix:/path').default([], '127.0.0.1:10809').argParser(collect))
     .option('--export-name <name>', 'name of the export (clients asking for "" get it too)', 'default')
     .option('--description <text>', 'export description shown by nbdinfo')
-    .option('--export <name=uri>', 'an extra named export, repeatable (--size applies unless the URI has ?size=; --read-only applies)', collect, [])
+    .addOption(new Option('--export <name=uri>', 'an extra named export, repeatable (--size applies unless the URI has ?size=; --read-only applies)').default([], 'none').argParser(collect))
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
     .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg));

@@ -4,6 +4,9 @@
  * garbage closes only its own connection. `close()` stops accepting, lets in-flight requests
  * finish, syncs every writable backend and closes the connections; it is idempotent.
  *
+ * With `tls`, the server offers NBD_OPT_STARTTLS (tls.ts) and, by default, requires it; after
+ * the upgrade the rest of the handshake and the transmission run over the TLS socket.
+ *
  * Backends are the caller's: the server syncs them on close but never closes them.
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -15,6 +18,7 @@ import { NBD_MAX_STRING } from './constants.js';
 import { Handshake, isReadOnly, transmissionFlagsFor, type HandshakeOptions } from './handshake.js';
 import { formatListenAddress, type ListenAddress } from './listen-address.js';
 import { Transmission } from './transmission.js';
+import { resolveServerTls, upgradeServerSocket, type NbdServerTlsOptions, type ResolvedServerTls } from './tls.js';
 
 export interface NbdExport {
   readonly name: string;
@@ -36,6 +40,8 @@ export interface NbdServerOptions {
   readonly minBlockSize?: number;
   /** Advertised preferred block size (a power of two, >= 512); default 4096. */
   readonly preferredBlockSize?: number;
+  /** Offer NBD_OPT_STARTTLS with this certificate (and require it unless `tls.require` is false). */
+  readonly tls?: NbdServerTlsOptions;
   readonly log?: Logger;
 }
 
@@ -46,13 +52,17 @@ interface ResolvedOptions {
   readonly maxInFlightBytes: number;
   readonly minBlockSize: number;
   readonly preferredBlockSize: number;
+  readonly tls: ResolvedServerTls | undefined;
 }
 
 interface Connection {
-  readonly socket: Socket;
+  /** The accepted socket, or the TLS socket over it after NBD_OPT_STARTTLS. */
+  socket: Socket;
   readonly conn: number;
   readonly log: Logger;
   transmission: Transmission | undefined;
+  /** Marks the connection's socket closed (the raw socket's 'close', or the TLS socket's). */
+  readonly socketClosed: () => void;
 }
 
 const MIB = 1024 * 1024;
@@ -99,8 +109,15 @@ export class NbdServer {
   handle(socket: Socket): void {
     const entry = this.#register(socket);
     if (entry === undefined) return;
-    const { log } = entry;
-    const handshake = new Handshake(this.#handshakeOptions(log), socket);
+    const handshake = new Handshake(this.#handshakeOptions(entry.log), socket);
+    this.#haggle(entry, handshake);
+    if (socket.destroyed) return;
+    handshake.start();
+  }
+
+  /** Feeds what arrives on `entry.socket` to the handshake until it ends, or STARTTLS swaps the socket. */
+  #haggle(entry: Connection, handshake: Handshake): void {
+    const { socket, log } = entry;
     const onEnd = (): void => {
       log.debug('client closed the connection during the handshake');
       socket.end();
@@ -123,13 +140,45 @@ export class NbdServer {
         setTimeout(() => socket.destroy(), ABORT_GRACE_MS).unref();
         return;
       }
+      if (status === 'starttls') {
+        void this.#startTls(entry, handshake);
+        return;
+      }
       const result = handshake.result!;
       this.#transmit(entry, result.export, result.size, result.transmissionFlags, result.remainder);
     };
     socket.on('data', onData);
     socket.on('end', onEnd);
-    if (socket.destroyed) return;
-    handshake.start();
+  }
+
+  async #startTls(entry: Connection, handshake: Handshake): Promise<void> {
+    const raw = entry.socket;
+    if (handshake.earlyBytes > 0) {
+      entry.log.warn({ bytes: handshake.earlyBytes }, 'client sent data after NBD_OPT_STARTTLS before the ACK; closing');
+      raw.destroy();
+      return;
+    }
+    raw.pause();
+    try {
+      const secure = await upgradeServerSocket(raw, this.#options.tls!);
+      secure.once('close', () => {
+        raw.destroy();
+        entry.socketClosed();
+      });
+      secure.on('error', (err) => entry.log.debug({ err }, 'TLS socket error'));
+      entry.socket = secure;
+      entry.log.debug({ protocol: secure.getProtocol(), mutual: this.#options.tls!.mutual }, 'TLS is up');
+      if (this.#closing !== undefined) {
+        secure.destroy();
+        return;
+      }
+      handshake.secured(secure);
+      this.#haggle(entry, handshake);
+    } catch (err) {
+      entry.log.warn({ err }, `closing connection: ${(err as Error).message}`);
+      raw.destroy();
+      entry.socketClosed();
+    }
   }
 
   /**
@@ -163,10 +212,13 @@ export class NbdServer {
     const conn = this.#nextConn++;
     const log = this.#log.child({ conn });
     log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection accepted');
-    const entry: Connection = { socket, conn, log, transmission: undefined };
+    let socketClosed!: () => void;
+    const closedSocket = new Promise<void>((resolve) => (socketClosed = resolve));
+    const entry: Connection = { socket, conn, log, transmission: undefined, socketClosed };
     socket.setNoDelay(true);
     socket.on('error', (err) => log.debug({ err }, 'socket error'));
-    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+    socket.once('close', socketClosed);
+    const closed = closedSocket
       .then(() => entry.transmission?.closed)
       .then(() => {
         this.#connections.delete(entry);
@@ -222,7 +274,8 @@ export class NbdServer {
 
   #handshakeOptions(log: Logger): HandshakeOptions {
     const { exports, minBlockSize, preferredBlockSize, maxPayload } = this.#options;
-    return { exports, minBlockSize, preferredBlockSize, maxPayload, maxOptions: MAX_OPTIONS, maxOptionLength: MAX_OPTION_LENGTH, log };
+    const tls = this.#options.tls === undefined ? undefined : { require: this.#options.tls.require };
+    return { exports, minBlockSize, preferredBlockSize, maxPayload, maxOptions: MAX_OPTIONS, maxOptionLength: MAX_OPTION_LENGTH, tls, log };
   }
 }
 
@@ -255,7 +308,8 @@ function resolveOptions(options: NbdServerOptions): ResolvedOptions {
   if (!Number.isSafeInteger(maxInFlightBytes) || maxInFlightBytes < 1) {
     throw new UsageError(`maxInFlightBytes ${maxInFlightBytes} must be an integer >= 1`);
   }
-  return Object.freeze({ exports: Object.freeze(exports), maxPayload, maxInFlight, maxInFlightBytes, minBlockSize, preferredBlockSize });
+  const tls = options.tls === undefined ? undefined : resolveServerTls(options.tls);
+  return Object.freeze({ exports: Object.freeze(exports), maxPayload, maxInFlight, maxInFlightBytes, minBlockSize, preferredBlockSize, tls });
 }
 
 function checkString(text: string, what: string): void {

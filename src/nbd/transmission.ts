@@ -10,6 +10,8 @@
  *   wait in the socket (until 'drain').
  * - Buffers: READ data and WRITE payloads that span chunks come from a per-connection PayloadPool; a
  *   READ buffer goes back only in its write callback, never while the socket may still send it.
+ *   With a backend that has `writev`, a WRITE payload that spans chunks is not copied at all: the
+ *   parser hands over its chunk views (`req.pieces`) and they go to `backend.writev` as they are.
  * - Bad requests get an NBD errno and the connection goes on; a broken stream (bad magic) closes
  *   only this connection, with one log line.
  */
@@ -67,6 +69,8 @@ export class Transmission implements RequestSink {
   readonly #readOnly: boolean;
   /** FUA where advertised (writable exports), else 0: an unadvertised flag is EINVAL. */
   readonly #fuaFlag: number;
+  /** RequestSink: multi-chunk WRITE payloads as chunk views, for backend.writev. */
+  readonly scatterWrites: boolean;
   #state = STATE_RUNNING;
   #inFlight = 0;
   #inFlightBytes = 0;
@@ -92,6 +96,7 @@ export class Transmission implements RequestSink {
     this.#log = options.log;
     this.#readOnly = (options.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0;
     this.#fuaFlag = (options.transmissionFlags & NBD_FLAG_SEND_FUA) !== 0 ? NBD_CMD_FLAG_FUA : 0;
+    this.scatterWrites = options.backend.writev !== undefined;
     this.#parser = new RequestParser(this);
     this.#pool = new PayloadPool({ maxRetainedBytes: Math.min(options.maxInFlightBytes, 32 * 1024 * 1024) });
     this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
@@ -191,7 +196,13 @@ export class Transmission implements RequestSink {
           break;
         }
         case NBD_CMD_WRITE:
-          await backend.writeAt(req.payload!, req.offset);
+          if (req.pieces !== undefined) {
+            const pieces = req.pieces;
+            req.pieces = undefined;
+            await backend.writev!(pieces, req.offset);
+          } else {
+            await backend.writeAt(req.payload!, req.offset);
+          }
           this.#dirty = true;
           break;
         case NBD_CMD_FLUSH:
