@@ -20,15 +20,24 @@ build: deps
 demo: deps-test build
 	bash scripts/demo.sh
 
-# Every test this machine can run: unit, conformance (real NBD clients), kernel (where possible).
+# Every test this machine can run: unit, conformance (real NBD clients), then the kernel suite
+# (here, or in a VM when this kernel has no nbd). The kernel suite runs even when the host
+# suites failed, so one run reports both.
 test: deps-test build
-	bash scripts/run-tests.sh all
+	@status=0; \
+	bash scripts/run-tests.sh all || status=1; \
+	bash scripts/run-kernel-tests.sh || status=1; \
+	exit $$status
 
 test-unit: build
 	bash scripts/run-tests.sh unit
 
 test-conformance: deps-test build
 	bash scripts/run-tests.sh conformance
+
+# The kernel suite alone (the VM uses this machine's tools, hence deps-test).
+test-kernel: deps-test build
+	bash scripts/run-kernel-tests.sh
 
 bench: deps-test build
 	bash scripts/bench.sh
