@@ -21,13 +21,9 @@ demo: deps-test build
 	bash scripts/demo.sh
 
 # Every test this machine can run: unit, conformance (real NBD clients), then the kernel suite
-# (here, or in a VM when this kernel has no nbd). The kernel suite runs even when the host
-# suites failed, so one run reports both.
+# (here, or in a VM when this kernel has no nbd); ends with one summary line for both.
 test: deps-test build
-	@status=0; \
-	bash scripts/run-tests.sh all || status=1; \
-	bash scripts/run-kernel-tests.sh || status=1; \
-	exit $$status
+	bash scripts/test-all.sh
 
 test-unit: build
 	bash scripts/run-tests.sh unit

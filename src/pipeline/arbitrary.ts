@@ -32,17 +32,10 @@ export interface ArbitraryOptions {
 
 /** Waits for every promise to settle, then rejects with the first failure if there was one. */
 async function settleAll(parts: readonly Promise<void>[]): Promise<void> {
-  let failed = false;
-  let first: unknown;
-  for (const part of parts) {
-    try {
-      await part;
-    } catch (err) {
-      if (!failed) first = err;
-      failed = true;
-    }
-  }
-  if (failed) throw first;
+  // allSettled attaches a handler to every part at once: a later part that rejects while an
+  // earlier one is still pending must not become an unhandled rejection.
+  const results = await Promise.allSettled(parts);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
 export class ArbitraryReadWriterAt implements ReadWriterAt {

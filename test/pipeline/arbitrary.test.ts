@@ -108,3 +108,25 @@ describe('ArbitraryReadWriterAt', () => {
     assert.deepEqual(out, expected);
   });
 });
+
+it('a multi-chunk read whose later chunk fails while an earlier one is pending rejects without an unhandled rejection', async () => {
+  const chunkSize = 16;
+  let unhandled: unknown;
+  const onUnhandled = (err: unknown): void => {
+    unhandled = err;
+  };
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const next = {
+      readAt: (_buf: Buffer, off: number): Promise<void> =>
+        off === 0 ? new Promise((resolve) => setTimeout(resolve, 30)) : Promise.reject(new Error(`chunk at ${off} failed`)),
+      writeAt: (): Promise<void> => Promise.resolve(),
+    };
+    const rw = new ArbitraryReadWriterAt(next, { chunkSize, size: 4 * chunkSize });
+    await assert.rejects(rw.readAt(Buffer.alloc(4 * chunkSize), 0), /chunk at 16 failed/);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(unhandled, undefined);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
