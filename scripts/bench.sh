@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the r3map-bench scenarios (make bench). Benchmarks are never part of `make test`.
-# Extra arguments go to `r3map-bench nbd`, e.g. `scripts/bench.sh --size 256MiB --runtime 5s --json`.
+# Runs the r3map-bench scenarios (make bench): `nbd`, then `backends`. Benchmarks are never part
+# of `make test`. Extra arguments go to `r3map-bench nbd`, e.g. `scripts/bench.sh --size 256MiB
+# --runtime 5s --json`; BACKENDS_ARGS goes to `r3map-bench backends`, e.g.
+# BACKENDS_ARGS='--size 64MiB --only nbd,redis' scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f dist/src/cli/bench.js ]; then
@@ -8,4 +10,8 @@ if [ ! -f dist/src/cli/bench.js ]; then
   exit 1
 fi
 export R3MAP_LOG_LEVEL=${R3MAP_LOG_LEVEL:-warn}
-node bin/r3map-bench.js nbd "$@"
+status=0
+node bin/r3map-bench.js nbd "$@" || status=1
+# shellcheck disable=SC2086 # BACKENDS_ARGS is a list of flags
+node bin/r3map-bench.js backends ${BACKENDS_ARGS:-} || status=1
+exit $status

@@ -3,11 +3,13 @@ import { runCommand, type CommandContext } from './run.js';
 import type { BenchScenario } from '../bench/scenario.js';
 import { nbdScenario } from '../bench/nbd.js';
 import { deviceScenario } from '../bench/mount-device.js';
+import { backendsScenario } from '../bench/backends.js';
 
 /** Every scenario, one line each: `r3map-bench <name>`. */
 const SCENARIOS: readonly BenchScenario[] = [
   nbdScenario,
   deviceScenario,
+  backendsScenario,
 ];
 
 export interface BenchProgram {

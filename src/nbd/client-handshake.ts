@@ -1,14 +1,16 @@
 /**
  * The client half of the fixed newstyle handshake, over an already-connected socket: greeting,
- * client flags, then NBD_OPT_GO (asking for NBD_INFO_BLOCK_SIZE) with a fall back to
+ * client flags, NBD_OPT_STARTTLS first when `tls` is given (the socket is then upgraded in place
+ * and everything after runs over TLS), then NBD_OPT_GO (asking for NBD_INFO_BLOCK_SIZE) with a fall back to
  * NBD_OPT_EXPORT_NAME when the server answers NBD_REP_ERR_UNSUP, or NBD_OPT_LIST then
- * NBD_OPT_ABORT. No transmission here: `negotiate` leaves the socket paused, with no listeners of
- * its own, at the first byte of the transmission phase, so the caller (NbdClient, or later the
- * kernel attach) owns it from there. Every length that comes off the wire is capped.
+ * NBD_OPT_ABORT. No transmission here: `negotiate` leaves the socket (`Negotiated.socket`: the TLS
+ * one after STARTTLS) paused, with no listeners of its own, at the first byte of the transmission
+ * phase, so the caller (NbdClient, or later the kernel attach) owns it from there. Every length that comes off the wire is capped.
  */
 import net, { type Socket } from 'node:net';
 import { once } from 'node:events';
 import { ClosedError, NbdProtocolError, TimeoutError } from '../errors.js';
+import { upgradeClientSocket, type NbdClientTlsOptions } from './tls.js';
 import {
   decodeGreeting,
   decodeOptionReplyHeader,
@@ -36,7 +38,9 @@ import {
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
   NBD_OPT_LIST,
+  NBD_OPT_STARTTLS,
   NBD_REP_ACK,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
   NBD_REP_SERVER,
@@ -85,9 +89,15 @@ export interface NegotiateOptions {
   readonly exportName?: string;
   /** Bound on the whole handshake in ms; 0 means none. Default 30000. */
   readonly timeoutMs?: number;
+  /** Upgrade with NBD_OPT_STARTTLS before anything else; a server that refuses is an error. */
+  readonly tls?: NbdClientTlsOptions;
+  /** The host dialled, checked against the server certificate (default 'localhost'). */
+  readonly host?: string;
 }
 
 export interface Negotiated {
+  /** The socket transmission runs on: the one given, or the TLS socket over it. */
+  readonly socket: Socket;
   readonly info: NbdExportInfo;
   /** Bytes that arrived after the handshake (normally none: the server waits for requests). */
   readonly leftover: Buffer;
@@ -96,18 +106,44 @@ export interface Negotiated {
 /** Runs the handshake on `socket` and enters transmission. On failure the socket is destroyed. */
 export async function negotiate(socket: Socket, options: NegotiateOptions = {}): Promise<Negotiated> {
   const exportName = options.exportName ?? '';
-  const reader = new HandshakeReader(socket, options.timeoutMs ?? 30_000);
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const deadline = Date.now() + timeoutMs;
+  let current = socket;
+  let reader = new HandshakeReader(socket, timeoutMs);
   try {
     const noZeroes = await greet(socket, reader);
+    if (options.tls !== undefined) {
+      await startTls(socket, reader);
+      reader.detach();
+      current = await upgradeClientSocket(socket, options.host, options.tls, timeoutMs > 0 ? Math.max(1, deadline - Date.now()) : 0);
+      reader = new HandshakeReader(current, timeoutMs > 0 ? Math.max(1, deadline - Date.now()) : 0);
+      reader.fixedNewstyle = true;
+    }
     const info = reader.fixedNewstyle
-      ? (await optGo(socket, reader, exportName)) ?? (await optExportName(socket, reader, exportName, noZeroes))
-      : await optExportName(socket, reader, exportName, noZeroes);
-    return { info, leftover: reader.detach() };
+      ? (await optGo(current, reader, exportName)) ?? (await optExportName(current, reader, exportName, noZeroes))
+      : await optExportName(current, reader, exportName, noZeroes);
+    return { socket: current, info, leftover: reader.detach() };
   } catch (err) {
     reader.detach();
+    current.destroy();
     socket.destroy();
     throw err;
   }
+}
+
+/** NBD_OPT_STARTTLS; resolves on NBD_REP_ACK, when the caller must upgrade at once. */
+async function startTls(socket: Socket, reader: HandshakeReader): Promise<void> {
+  if (!reader.fixedNewstyle) throw new NbdProtocolError('server is not fixed newstyle: NBD_OPT_STARTTLS is not available');
+  socket.write(encodeOption(NBD_OPT_STARTTLS));
+  const hdr: NbdOptionReplyHeader = { option: 0, type: 0, length: 0 };
+  const data = await readReply(reader, NBD_OPT_STARTTLS, hdr);
+  if (hdr.type !== NBD_REP_ACK) {
+    // The spec: a client that wants TLS terminates when STARTTLS is refused (no downgrade).
+    throw isNbdRepError(hdr.type)
+      ? refused(NBD_OPT_STARTTLS, hdr.type, data, '')
+      : new NbdProtocolError(`NBD_OPT_STARTTLS answered with ${nameOf(NbdRep, hdr.type)}, want NBD_REP_ACK`);
+  }
+  if (reader.buffered > 0) throw new NbdProtocolError(`server sent ${reader.buffered} bytes after the NBD_OPT_STARTTLS ACK before TLS`);
 }
 
 /** Runs NBD_OPT_LIST, then NBD_OPT_ABORT, and ends the socket. */
@@ -232,8 +268,9 @@ async function readReply(reader: HandshakeReader, option: number, hdr: NbdOption
 
 function refused(option: number, type: number, data: Buffer, exportName: string): NbdProtocolError {
   const message = decodeString(data, 0, data.length);
+  const hint = type === NBD_REP_ERR_TLS_REQD ? ' (the server requires TLS: use nbds://)' : '';
   return new NbdProtocolError(
-    `${nameOf(NbdOpt, option)}${exportName ? ` '${exportName}'` : ''} refused: ${nameOf(NbdRep, type)}${message ? `: ${message}` : ''}`,
+    `${nameOf(NbdOpt, option)}${exportName ? ` '${exportName}'` : ''} refused: ${nameOf(NbdRep, type)}${message ? `: ${message}` : ''}${hint}`,
   );
 }
 
@@ -301,6 +338,11 @@ class HandshakeReader {
       ? setTimeout(() => this.#fail(new TimeoutError(`NBD handshake took longer than ${timeoutMs} ms`)), timeoutMs)
       : undefined;
     socket.resume();
+  }
+
+  /** Bytes received and not yet read. */
+  get buffered(): number {
+    return this.#buffered;
   }
 
   read(n: number): Promise<Buffer> {

@@ -41,16 +41,22 @@ import {
   flagNames,
   nameOf,
 } from './constants.js';
+import type { NbdClientTlsOptions } from './tls.js';
 import { listExports, negotiate, openSocket, type NbdAddress, type NbdBlockSize, type NbdExportInfo, type NbdExportListing } from './client-handshake.js';
 
 export { describeAddress } from './client-handshake.js';
 export type { NbdAddress, NbdBlockSize, NbdExportInfo, NbdExportListing } from './client-handshake.js';
+export type { NbdClientTlsOptions } from './tls.js';
 
 export interface NbdClientOptions {
   /** Export to open; '' (the default) is the server's default export. */
   readonly exportName?: string;
   /** Bound in ms on connecting, on the handshake and on close; 0 means none. Default 30000. */
   readonly timeoutMs?: number;
+  /** NBD_OPT_STARTTLS before anything else, verifying the server (nbds://). */
+  readonly tls?: NbdClientTlsOptions;
+  /** The host the server certificate must name; connect() passes the TCP host. */
+  readonly host?: string;
   readonly log?: Logger;
 }
 
@@ -67,6 +73,8 @@ export interface ZeroOptions extends WriteOptions {
 interface ResolvedOptions {
   readonly exportName: string;
   readonly timeoutMs: number;
+  readonly tls: NbdClientTlsOptions | undefined;
+  readonly host: string | undefined;
   readonly log: Logger;
 }
 
@@ -95,6 +103,8 @@ export class NbdClient {
   readonly blockSize: NbdBlockSize;
   readonly readOnly: boolean;
   readonly description: string | undefined;
+  /** True when the connection runs over TLS (NBD_OPT_STARTTLS). */
+  readonly encrypted: boolean;
   /** Everything the handshake learned. */
   readonly info: NbdExportInfo;
 
@@ -121,14 +131,20 @@ export class NbdClient {
   /** Connects to `address` and runs the handshake. */
   static async connect(address: NbdAddress, options: NbdClientOptions = {}): Promise<NbdClient> {
     const resolved = resolveOptions(options);
-    return NbdClient.connectSocket(await openSocket(address, resolved.timeoutMs), resolved);
+    const host = resolved.host ?? ('host' in address ? address.host : undefined);
+    return NbdClient.connectSocket(await openSocket(address, resolved.timeoutMs), { ...resolved, host });
   }
 
   /** Runs the handshake over an already-connected socket and takes it over. */
   static async connectSocket(socket: Socket, options: NbdClientOptions = {}): Promise<NbdClient> {
     const resolved = resolveOptions(options);
-    const { info, leftover } = await negotiate(socket, { exportName: resolved.exportName, timeoutMs: resolved.timeoutMs });
-    return new NbdClient(socket, info, leftover, resolved);
+    const { socket: transmission, info, leftover } = await negotiate(socket, {
+      exportName: resolved.exportName,
+      timeoutMs: resolved.timeoutMs,
+      ...(resolved.tls !== undefined ? { tls: resolved.tls } : {}),
+      ...(resolved.host !== undefined ? { host: resolved.host } : {}),
+    });
+    return new NbdClient(transmission, info, leftover, resolved);
   }
 
   /** The server's exports (NBD_OPT_LIST), one entry per NBD_REP_SERVER. */
@@ -147,6 +163,7 @@ export class NbdClient {
     this.blockSize = info.blockSize;
     this.readOnly = (info.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0;
     this.description = info.description;
+    this.encrypted = (socket as Socket & { encrypted?: boolean }).encrypted === true;
     this.#log = options.log.child({ component: 'nbd-client', export: info.exportName });
     this.#log.debug({ size: info.size, flags: flagNames(NbdTransmissionFlag, info.transmissionFlags), blockSize: info.blockSize, via: info.via }, 'NBD transmission');
     this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
@@ -396,6 +413,8 @@ function resolveOptions(options: NbdClientOptions): ResolvedOptions {
   return Object.freeze({
     exportName: options.exportName ?? '',
     timeoutMs: options.timeoutMs ?? 30_000,
+    tls: options.tls,
+    host: options.host,
     log: options.log ?? silentLogger,
   });
 }

@@ -3,7 +3,11 @@
  *
  * Greeting (NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE | NO_ZEROES) → client flags (unknown bits close the
  * connection) → options until NBD_OPT_GO succeeds, NBD_OPT_EXPORT_NAME names an export, or
- * NBD_OPT_ABORT. Supported: EXPORT_NAME, ABORT, LIST, INFO, GO; any other option gets
+ * NBD_OPT_ABORT. Supported: EXPORT_NAME, ABORT, LIST, INFO, GO, and STARTTLS when the server
+ * has TLS (`tls`): the ACK ends in status 'starttls', the caller upgrades the socket, calls
+ * `secured()` with the TLS socket and goes on feeding what arrives over TLS. With `tls.require`
+ * (FORCEDTLS) every option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD until then, and an
+ * EXPORT_NAME (which cannot fail) drops the connection. Any other option gets
  * NBD_REP_ERR_UNSUP and haggling goes on. Every length and loop is capped; a violation that leaves
  * the stream out of sync (bad magic, oversized option, unknown EXPORT_NAME) throws NbdProtocolError.
  */
@@ -44,8 +48,10 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_STARTTLS,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -65,6 +71,8 @@ export interface HandshakeOptions {
   readonly maxOptions: number;
   /** Bytes of option data accepted in one option. */
   readonly maxOptionLength: number;
+  /** Set when the server offers NBD_OPT_STARTTLS; `require` makes it FORCEDTLS. */
+  readonly tls?: { readonly require: boolean } | undefined;
   readonly log: Logger;
 }
 
@@ -80,8 +88,11 @@ export interface HandshakeResult {
   readonly remainder: Buffer | undefined;
 }
 
-/** 'more': keep feeding; 'transmission': `result` is set; 'abort': the client sent NBD_OPT_ABORT. */
-export type HandshakeStatus = 'more' | 'transmission' | 'abort';
+/**
+ * 'more': keep feeding; 'transmission': `result` is set; 'abort': the client sent NBD_OPT_ABORT;
+ * 'starttls': NBD_REP_ACK to NBD_OPT_STARTTLS was written: upgrade, then `secured()`.
+ */
+export type HandshakeStatus = 'more' | 'transmission' | 'abort' | 'starttls';
 
 /** Transmission flags for an export, honest to its backend (as nbdkit: no write features when read-only). */
 export function transmissionFlagsFor(exp: NbdExport): number {
@@ -105,7 +116,9 @@ const EMPTY = Buffer.alloc(0);
 
 export class Handshake {
   readonly #options: HandshakeOptions;
-  readonly #out: HandshakeOutput;
+  #out: HandshakeOutput;
+  #secured = false;
+  #earlyBytes = 0;
   #state = STATE_CLIENT_FLAGS;
   readonly #headerBuf = Buffer.allocUnsafe(NBD_OPTION_HEADER_SIZE);
   #target: Buffer = Buffer.allocUnsafe(NBD_CLIENT_FLAGS_SIZE);
@@ -124,6 +137,26 @@ export class Handshake {
     return this.#result;
   }
 
+  /** True once TLS is up on this connection. */
+  get isSecured(): boolean {
+    return this.#secured;
+  }
+
+  /**
+   * Bytes that followed NBD_OPT_STARTTLS in the same chunk: the client did not wait for the ACK,
+   * which the spec forbids (they would be TLS records read as plaintext). Non-zero: drop it.
+   */
+  get earlyBytes(): number {
+    return this.#earlyBytes;
+  }
+
+  /** TLS is up: option replies (and the rest of the connection) go to `out` from now on. */
+  secured(out: HandshakeOutput): void {
+    if (this.#state !== STATE_OPTION_HEADER || this.#secured) throw new NbdProtocolError('secured() without a STARTTLS to finish');
+    this.#out = out;
+    this.#secured = true;
+  }
+
   /** Sends the greeting; call once, before any push. */
   start(): void {
     this.#out.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
@@ -139,6 +172,10 @@ export class Handshake {
       pos += n;
       if (this.#fill < this.#target.length) break;
       const status = this.#step();
+      if (status === 'starttls') {
+        this.#earlyBytes = chunk.length - pos;
+        return status;
+      }
       if (status !== 'more') {
         this.#state = STATE_DONE;
         if (this.#result !== undefined && pos < chunk.length) this.#result = { ...this.#result, remainder: chunk.subarray(pos) };
@@ -184,6 +221,13 @@ export class Handshake {
   #handleOption(option: number, data: Buffer): HandshakeStatus {
     this.#options.log.debug({ option: nameOf(NbdOpt, option), length: data.length }, 'option');
     this.#expect(STATE_OPTION_HEADER, this.#headerBuf);
+    const tls = this.#options.tls;
+    if (tls !== undefined && tls.require && !this.#secured && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      if (option === NBD_OPT_EXPORT_NAME) throw new NbdProtocolError('NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS: this server requires TLS');
+      this.#error(option, NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+      return 'more';
+    }
+    if (option === NBD_OPT_STARTTLS && tls !== undefined) return this.#startTls(data);
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.#exportName(data);
@@ -200,6 +244,20 @@ export class Handshake {
         this.#error(option, NBD_REP_ERR_UNSUP, `option ${nameOf(NbdOpt, option)} is not supported`);
         return 'more';
     }
+  }
+
+  /** Only when the server has TLS; without it STARTTLS gets NBD_REP_ERR_UNSUP like any unknown option. */
+  #startTls(data: Buffer): HandshakeStatus {
+    if (this.#secured) {
+      this.#error(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, 'TLS is already up');
+      return 'more';
+    }
+    if (data.length !== 0) {
+      this.#error(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+      return 'more';
+    }
+    this.#out.write(encodeOptionReply(NBD_OPT_STARTTLS, NBD_REP_ACK));
+    return 'starttls';
   }
 
   #exportName(data: Buffer): HandshakeStatus {

@@ -4,8 +4,11 @@
  * - A header that arrives whole is decoded in place; one split across chunks is gathered into a
  *   28-byte scratch buffer.
  * - A WRITE payload that arrives inside one chunk is handed out as a `subarray` view (no copy; Node
- *   never reuses a socket's 'data' chunks). One that spans chunks is copied, piece by piece, straight
- *   into a destination the sink provides (`allocPayload`): never a concat of socket chunks.
+ *   never reuses a socket's 'data' chunks: each read gets its own ArrayBuffer). One that spans chunks
+ *   is, for a sink with `scatterWrites`, handed out as the list of its chunk views (`pieces`, for
+ *   Backend.writev: no copy at all); otherwise, or when the pieces get too small on average (over
+ *   2 + length / MIN_AVG_PIECE of them), it is copied piece by piece straight into a destination the
+ *   sink provides (`allocPayload`): never a concat of socket chunks.
  * - The sink validates each header before its payload: a WRITE it refuses has its payload skipped
  *   (drained without buffering) so the stream stays in sync.
  * - Parsing stops when `onRequest` returns false and goes on at `resume()`; chunks pushed meanwhile
@@ -25,13 +28,17 @@ export class NbdRequest implements NbdRequestHeader {
   length = 0;
   /** NBD errno the sink's `validate` decided at header time; 0 when the request is valid. */
   errno = 0;
-  /** WRITE payload (a chunk view or a view of `pooled`); undefined for other commands or a skipped payload. */
+  /** WRITE payload (a chunk view or a view of `pooled`); undefined for other commands, a skipped payload or `pieces`. */
   payload: Buffer | undefined = undefined;
+  /** A multi-chunk WRITE payload as its chunk views, in order (sinks with `scatterWrites` only). */
+  pieces: Buffer[] | undefined = undefined;
   /** Buffer from the sink's allocator backing `payload` (or, later, READ data), to give back when done. */
   pooled: Buffer | undefined = undefined;
 }
 
 export interface RequestSink {
+  /** Take a WRITE payload that spans chunks as `req.pieces` (chunk views) instead of a copy. Read once. */
+  readonly scatterWrites?: boolean;
   /** Called for each header before its payload. Returns an NBD errno; non-zero skips a WRITE payload. */
   validate(req: NbdRequest): number;
   /** A buffer of at least `length` bytes for a WRITE payload that spans chunks. */
@@ -44,15 +51,20 @@ const STATE_HEADER = 0;
 const STATE_PAYLOAD = 1;
 const STATE_SKIP = 2;
 const STATE_DEAD = 3;
+/** Pieces smaller than this on average are gathered into one buffer instead (bounds per-piece overhead). */
+const MIN_AVG_PIECE = 4096;
 
 export class RequestParser {
   readonly #sink: RequestSink;
+  readonly #scatter: boolean;
   readonly #header = Buffer.allocUnsafe(NBD_REQUEST_SIZE);
   #headerFill = 0;
   #state = STATE_HEADER;
   /** The request whose payload is being copied or skipped. */
   #current: NbdRequest | undefined = undefined;
   #payloadFill = 0;
+  /** Pieces allowed for `#current` before it is gathered into one buffer. */
+  #maxPieces = 0;
   #skipLeft = 0;
   readonly #queue: Buffer[] = [];
   #stopped = false;
@@ -60,6 +72,7 @@ export class RequestParser {
 
   constructor(sink: RequestSink) {
     this.#sink = sink;
+    this.#scatter = sink.scatterWrites === true;
   }
 
   /** Feeds bytes; throws NbdProtocolError on garbage (the parser is then dead). */
@@ -149,9 +162,12 @@ export class RequestParser {
           pos += req.length;
           this.#emit(req);
         } else {
-          const buf = this.#sink.allocPayload(req.length);
-          req.pooled = buf;
-          req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
+          if (this.#scatter) {
+            req.pieces = [];
+            this.#maxPieces = 2 + Math.floor(req.length / MIN_AVG_PIECE);
+          } else {
+            this.#allocPayload(req);
+          }
           this.#current = req;
           this.#payloadFill = 0;
           this.#state = STATE_PAYLOAD;
@@ -159,7 +175,12 @@ export class RequestParser {
       } else if (this.#state === STATE_PAYLOAD) {
         const req = this.#current!;
         const n = Math.min(req.length - this.#payloadFill, end - pos);
-        chunk.copy(req.payload!, this.#payloadFill, pos, pos + n);
+        const pieces = req.pieces;
+        if (pieces !== undefined && pieces.length < this.#maxPieces) pieces.push(chunk.subarray(pos, pos + n));
+        else {
+          if (pieces !== undefined) this.#gather(req, pieces);
+          chunk.copy(req.payload!, this.#payloadFill, pos, pos + n);
+        }
         this.#payloadFill += n;
         pos += n;
         if (this.#payloadFill === req.length) this.#finishCurrent();
@@ -171,6 +192,24 @@ export class RequestParser {
       }
     }
     return pos;
+  }
+
+  #allocPayload(req: NbdRequest): void {
+    const buf = this.#sink.allocPayload(req.length);
+    req.pooled = buf;
+    req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
+  }
+
+  /** Too many small pieces: copy them into one payload buffer and go on copying. */
+  #gather(req: NbdRequest, pieces: Buffer[]): void {
+    this.#allocPayload(req);
+    let at = 0;
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i]!;
+      piece.copy(req.payload!, at);
+      at += piece.length;
+    }
+    req.pieces = undefined;
   }
 
   #finishCurrent(): void {
