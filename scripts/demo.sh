@@ -1,48 +1,43 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: a 256 MiB memory-backed r3map export becomes a local block
-# device, gets an ext4 filesystem, and a file goes through it and back.
-# Until r3map-mount lands (kernel issue), the device is made from outside tools: r3map-serve on a
-# Unix socket -> nbdfuse (libnbd) exposes it as a file -> losetup turns that into /dev/loopN.
-# Everything is torn down at exit, also on failure.
+# The main job on an embedded default: a 256 MiB memory-backed r3map mount becomes a local block
+# device (the kernel's NBD client where this kernel has nbd, otherwise nbdfuse + a loop device),
+# gets an ext4 filesystem, and a file goes through it and back. Everything is torn down at exit,
+# also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${R3MAP_DEMO_SIZE:-256MiB}
+export R3MAP_LOG_LEVEL=${R3MAP_LOG_LEVEL:-warn} # info shows every step r3map takes
 work=$(mktemp -d /tmp/r3map-demo.XXXXXX)
-serve_pid="" fuse_pid="" loopdev=""
+mount_pid=""
 cleanup() {
   set +e
   mountpoint -q "$work/mnt" && umount "$work/mnt"
-  [ -n "$loopdev" ] && losetup -d "$loopdev"
-  if [ -n "$fuse_pid" ]; then fusermount3 -u "$work/fuse" 2>/dev/null; wait "$fuse_pid" 2>/dev/null; fi
-  if [ -n "$serve_pid" ]; then kill -TERM "$serve_pid" 2>/dev/null; wait "$serve_pid" 2>/dev/null; fi
+  if [ -n "$mount_pid" ]; then kill -TERM "$mount_pid" 2>/dev/null; wait "$mount_pid" 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 
-step "r3map-serve: memory backend ($SIZE) on unix:$work/nbd.sock"
-mkfifo "$work/ready"
-node bin/r3map-serve.js --backend memory --size "$SIZE" --nbd-listen "unix:$work/nbd.sock" >"$work/ready" &
-serve_pid=$!
-read -r uri <"$work/ready"
-echo "serving $uri"
+step "r3map-mount: a memory backend ($SIZE) as a block device"
+mkdir -p "$work/mnt"
+node bin/r3map-mount.js --backend memory --size "$SIZE" --ready-file "$work/device" &
+mount_pid=$!
+for _ in $(seq 600); do [ -s "$work/device" ] && break; kill -0 "$mount_pid" 2>/dev/null || exit 1; sleep 0.1; done
+dev=$(cat "$work/device")
+echo "device: $dev ($(blockdev --getsize64 "$dev") bytes)"
 
-step "nbdfuse + losetup: the export becomes a block device"
-mkdir -p "$work/fuse" "$work/mnt"
-nbdfuse "$work/fuse" "$uri" &
-fuse_pid=$!
-for _ in $(seq 100); do [ -e "$work/fuse/nbd" ] && break; sleep 0.1; done
-loopdev=$(losetup -f --show --direct-io=on "$work/fuse/nbd" 2>/dev/null || losetup -f --show "$work/fuse/nbd")
-echo "device: $loopdev ($(blockdev --getsize64 "$loopdev") bytes)"
-
-step "mkfs.ext4, mount, write, read back"
-mkfs.ext4 -q -F "$loopdev"
-mount "$loopdev" "$work/mnt"
+step "mkfs.ext4, mount, write, unmount, mount again, read back"
+mkfs.ext4 -q -F "$dev"
+mount "$dev" "$work/mnt"
 head -c 8M /dev/urandom >"$work/payload"
 cp "$work/payload" "$work/mnt/payload"
-sync
 umount "$work/mnt"
-mount "$loopdev" "$work/mnt"
+mount "$dev" "$work/mnt"
 cmp "$work/payload" "$work/mnt/payload" && echo "8 MiB file read back through r3map: identical"
 df -h "$work/mnt" | tail -1
-step "teardown"
+umount "$work/mnt"
+
+step "SIGTERM: r3map-mount flushes, detaches and exits"
+kill -TERM "$mount_pid"
+wait "$mount_pid" && echo "r3map-mount exited 0; $dev is detached"
+mount_pid=""
