@@ -118,8 +118,8 @@ async function loopDirectIo(device: string): Promise<boolean | undefined> {
   return (await readFile(`/sys/block/${path.basename(device)}/loop/dio`, 'utf8').catch(() => '')).trim() === '1';
 }
 
-/** Starts r3map-mount and waits for the device path it prints. */
-async function startMount(options: DeviceBenchOptions, signal: AbortSignal, timeoutMs = 60_000): Promise<Device> {
+/** Starts r3map-mount and waits for the device path it prints (node alone takes tens of seconds to start in an emulated VM). */
+async function startMount(options: DeviceBenchOptions, signal: AbortSignal, timeoutMs = 300_000): Promise<Device> {
   const args = [MOUNT_BIN, '--backend', 'memory', '--size', String(options.size), '--transport', options.transport];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, R3MAP_LOG_LEVEL: process.env.R3MAP_LOG_LEVEL ?? 'warn' } });
   let stderr = '';
@@ -154,11 +154,16 @@ async function startMount(options: DeviceBenchOptions, signal: AbortSignal, time
   }
 }
 
-/** A loop device over a sparse tmpfs file (the peer); the write runs fill it before the reads. */
+/**
+ * A loop device over a sparse tmpfs file (the peer); the write runs fill it before the reads.
+ * Loop direct I/O where the kernel allows it on tmpfs (6.6+); older kernels refuse it (EINVAL),
+ * and the peer then runs without (the report says which).
+ */
 async function attachTmpfsLoop(file: string, size: number): Promise<Device> {
   await writeFile(file, '');
   await truncate(file, size);
-  const r = await runProcess('losetup', ['--find', '--show', '--direct-io=on', file]);
+  const r = await runProcess('losetup', ['--find', '--show', '--direct-io=on', file])
+    .catch(() => runProcess('losetup', ['--find', '--show', file]));
   const device = r.stdout.trim();
   return {
     path: device,

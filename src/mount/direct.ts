@@ -29,6 +29,11 @@ import { chooseTransport, isTransport, type ResolvedTransport, type Transport } 
 /** The device's logical block size; the size of a direct mount must be a multiple of it. */
 export const BLOCK_SIZE = 4096;
 const EXPORT_NAME = 'r3map';
+/**
+ * How long a new /dev/nbdN may take to show its size. Milliseconds on hardware; under emulation
+ * (the kernel test VM on a loaded host) attachNbdDevice's 10 s default was seen to run out.
+ */
+const NBD_READY_TIMEOUT_MS = 60_000;
 
 export interface DirectMountOptions {
   /** What to mount, as a backend URI (memory, file:///..., dir:///...). Give this or `backend`. */
@@ -146,6 +151,7 @@ function attach(transport: ResolvedTransport, server: NbdServer, size: number, o
     size,
     blockSize: BLOCK_SIZE,
     transmissionFlags: server.transmissionFlagsOf(EXPORT_NAME),
+    readyTimeoutMs: NBD_READY_TIMEOUT_MS,
     ...device,
     log,
   });
