@@ -1,7 +1,8 @@
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { runCommand, EXIT, type CommandContext } from './run.js';
-import { sizeArg } from './options.js';
+import { countArg, durationArg, sizeArg } from './options.js';
+import { formatRate, ProgressLine, RateMeter } from './progress.js';
 import { notifyReady } from './sd-notify.js';
 import { ACCEPTED_BACKEND_URIS } from '../backends/uri.js';
 import { UsageError } from '../errors.js';
@@ -10,6 +11,11 @@ import { disconnectNbdDevice } from '../kernel/nbd-device.js';
 import { BLOCK_SIZE } from '../mount/direct.js';
 import { DirectPathMount } from '../mount/direct-path.js';
 import { disconnectFuseLoop } from '../mount/fuse-loop.js';
+import type { ManagedMountStats } from '../mount/managed.js';
+import { MANAGED_DEFAULTS } from '../mount/managed-options.js';
+import { ManagedPathMount } from '../mount/managed-path.js';
+import { pullPriorityNames, type PullPriorityName } from '../pipeline/pull-priority.js';
+import { formatSize } from '../util/size.js';
 import { TRANSPORTS, transportOfDevice, type Transport } from '../mount/transport.js';
 
 interface MountFlags {
@@ -17,44 +23,85 @@ interface MountFlags {
   size?: number;
   device?: string;
   readOnly: boolean;
-  chunkSize: number;
+  chunkSize?: number;
   transport: Transport;
   loopDirectIo: boolean;
   readyFile?: string;
   disconnect?: string;
+  managed: boolean;
+  cache: string;
+  pullWorkers: number;
+  pullPriority: PullPriorityName;
+  hotRangesFile?: string;
+  pullFirst: boolean;
+  pushWorkers: number;
+  pushInterval: number;
+  stateInterval: number;
+  latency: number;
+  resetCache: boolean;
+  remoteId?: string;
+  statusInterval: number;
+  progress: boolean;
 }
+
+/** Flags that mean something only with --managed (their attribute names). */
+const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'hotRangesFile', 'pullFirst', 'pushWorkers', 'pushInterval', 'stateInterval', 'latency', 'resetCache', 'remoteId', 'statusInterval'] as const;
 
 export function mountCommand(): Command {
   return new Command('r3map-mount')
-    .description('Attach a backend as a block device (direct mode) and keep it attached in the foreground.\n' +
+    .description('Attach a backend as a block device and keep it attached in the foreground.\n' +
+      'Direct mode (default): every I/O goes to the backend.\n' +
+      'Managed mode (--managed): I/O hits a local cache; a puller fills it in the background (starting before the device is up)\n' +
+      'and a pusher writes changed chunks back to the backend (the remote).\n' +
       'Prints the device path (one line on stdout) when the device is ready; logs to stderr.\n' +
-      'SIGTERM/SIGINT flush, detach and exit 0; a second signal exits at once.')
+      'SIGTERM/SIGINT flush (managed: push every dirty chunk), detach and exit 0; a second signal exits at once.\n' +
+      'Managed: a progress bar on stderr when it is a terminal; SIGUSR1 prints a status line (local %, dirty chunks, rates).')
     .option('--backend <uri>', `what to attach: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', `device size (1GiB, 64MiB, 4096), a multiple of ${BLOCK_SIZE}; needed for memory and new files (default: the file's size)`, sizeArg)
     .option('--device <path>', 'use this /dev/nbdN (transport nbd) or /dev/loopN (transport fuse-loop) (default: the first free one)')
     .option('--read-only', 'refuse writes; the device is read-only', false)
-    .addOption(new Option('--chunk-size <bytes>', 'the backend only sees whole chunks of this size; 0 = no chunking layer').default(0, '0').argParser(sizeArg))
+    .addOption(new Option('--chunk-size <bytes>', `the backend only sees whole chunks of this size; direct: 0 = no chunking layer (default 0); managed: the unit of pulls, pushes and the cache state (default ${formatSize(MANAGED_DEFAULTS.chunkSize)})`).argParser(sizeArg))
     .addOption(new Option('--transport <kind>', 'nbd (kernel NBD client), fuse-loop (nbdfuse + losetup, for kernels without nbd) or auto (nbd when /sys/module/nbd or /dev/nbd0 exists)').choices(TRANSPORTS).default('auto'))
     .option('--no-loop-direct-io', 'fuse-loop: attach the loop device without direct I/O (default: direct I/O on)')
     .option('--ready-file <path>', 'also write the device path to this file (atomically) when ready; removed on exit')
+    .option('--managed', 'managed mode: local cache, background pull and push (the flags below)', false)
+    .option('--cache <path>', 'managed: the local cache, a file (kept across runs, crash-safe with <path>.r3map-state) or "memory"', MANAGED_DEFAULTS.cache)
+    .addOption(new Option('--pull-workers <n>', 'managed: background pull workers; 0 = no background pull (chunks are fetched when first read)').default(MANAGED_DEFAULTS.pullWorkers).argParser(countArg))
+    .addOption(new Option('--pull-priority <order>', 'managed: the order of the background pull').choices(pullPriorityNames).default('ascending'))
+    .option('--hot-ranges-file <path>', 'managed: pull the byte ranges this file lists first ("<offset> <length>" per line, e.g. "512MiB 64KiB"), in its order')
+    .option('--pull-first', 'managed: print the device only when every chunk is local', false)
+    .addOption(new Option('--push-workers <n>', 'managed: push workers; 0 = no pusher: writes stay in the cache and are NEVER pushed to the remote').default(MANAGED_DEFAULTS.pushWorkers).argParser(countArg))
+    .addOption(new Option('--push-interval <duration>', 'managed: push dirty chunks this often (5s, 250ms); 0 = only on SIGTERM/exit').default(MANAGED_DEFAULTS.pushIntervalMs, '5s').argParser(durationArg))
+    .addOption(new Option('--state-interval <duration>', 'managed, file cache: save which chunks are local this often when they changed; 0 = only on flush and exit').default(MANAGED_DEFAULTS.stateIntervalMs, '1s').argParser(durationArg))
+    .addOption(new Option('--latency <duration>', 'managed: add this round trip to every remote call (tests, benchmarks); 0 = none').default(0, '0').argParser(durationArg))
+    .option('--reset-cache', 'managed: discard the cache state: pull everything again (writes not pushed yet are lost)', false)
+    .option('--remote-id <name>', 'managed: the name the cache state records for the remote (default: the --backend URI, password redacted)')
+    .addOption(new Option('--status-interval <duration>', 'managed: also print the SIGUSR1 status line this often; 0 = never').default(0, '0').argParser(durationArg))
+    .option('--no-progress', 'managed: no progress bar, even on a terminal')
     .option('--disconnect <device>', 'detach a device left behind by a dead r3map-mount (/dev/nbdN, or /dev/loopN backed by our nbdfuse file), print "disconnected" or "not-connected", exit')
     .addHelpText('after', '\nExit codes: 0 ok (also after SIGTERM/SIGINT), 1 failure, 2 usage error.\n\nExamples:\n' +
       '  r3map-mount --backend memory --size 1GiB                 # prints /dev/nbd0 (or /dev/loop0); runs until SIGTERM\n' +
       '  r3map-mount --backend file:///var/lib/disk.img --ready-file /run/r3map.dev\n' +
+      '  r3map-mount --managed --backend grpc://host:1337 --cache /var/cache/r3map/vm1.img --pull-workers 64 \\\n' +
+      '              --push-workers 16 --push-interval 5s --pull-priority ascending\n' +
       '  r3map-mount --disconnect /dev/nbd0                       # after a kill -9');
 }
 
-async function mount(flags: MountFlags, { log, signal }: CommandContext): Promise<number> {
+async function mount(flags: MountFlags, ctx: CommandContext, given: (flag: string) => boolean): Promise<number> {
+  const { log, signal } = ctx;
   if (flags.disconnect !== undefined) return disconnect(flags.disconnect, log);
   if (flags.backend === undefined) throw new UsageError('--backend is required (or --disconnect DEVICE)');
   if (flags.size !== undefined && (flags.size <= 0 || flags.size % BLOCK_SIZE !== 0)) {
     throw new UsageError(`--size ${flags.size} is not a positive multiple of the block size ${BLOCK_SIZE}`);
   }
+  if (flags.managed) return mountManaged(flags, ctx, given);
+  const stray = MANAGED_ONLY.find((name) => given(name));
+  if (stray !== undefined) throw new UsageError(`--${kebab(stray)} needs --managed`);
   const mounted = new DirectPathMount({
     backendUri: flags.backend,
     ...(flags.size !== undefined ? { size: flags.size } : {}),
     readOnly: flags.readOnly,
-    chunkSize: flags.chunkSize,
+    chunkSize: flags.chunkSize ?? 0,
     transport: flags.transport,
     ...(flags.device !== undefined ? { device: flags.device } : {}),
     loopDirectIo: flags.loopDirectIo,
@@ -104,7 +151,104 @@ async function writeAtomically(path: string, text: string): Promise<void> {
   await rename(tmp, path);
 }
 
+/**
+ * --managed: a ManagedPathMount. Progress bar on a TTY stderr; SIGUSR1 (and --status-interval)
+ * print a status line; SIGTERM closes it, which pushes every dirty chunk before detaching.
+ */
+async function mountManaged(flags: MountFlags, { log, signal }: CommandContext, given: (flag: string) => boolean): Promise<number> {
+  if (flags.hotRangesFile !== undefined && given('pullPriority')) throw new UsageError('--hot-ranges-file and --pull-priority exclude each other');
+  const mounted = new ManagedPathMount({
+    remoteUri: flags.backend!,
+    ...(flags.size !== undefined ? { size: flags.size } : {}),
+    ...(flags.remoteId !== undefined ? { remoteId: flags.remoteId } : {}),
+    chunkSize: flags.chunkSize ?? MANAGED_DEFAULTS.chunkSize,
+    pullWorkers: flags.pullWorkers,
+    pullPriority: flags.hotRangesFile !== undefined ? { hotRangesFile: flags.hotRangesFile } : flags.pullPriority,
+    pullFirst: flags.pullFirst,
+    pushWorkers: flags.pushWorkers,
+    pushIntervalMs: flags.pushInterval,
+    stateIntervalMs: flags.stateInterval,
+    cache: flags.cache,
+    resetCache: flags.resetCache,
+    latencyMs: flags.latency,
+    transport: flags.transport,
+    ...(flags.device !== undefined ? { device: flags.device } : {}),
+    readOnly: flags.readOnly,
+    loopDirectIo: flags.loopDirectIo,
+    log,
+  });
+  const progress = new ProgressLine(process.stderr, { label: 'pulled' });
+  if (flags.progress && progress.enabled) {
+    mounted.events.on('progress', (p) => {
+      const chunkSize = mounted.options.chunkSize;
+      if (p.localChunks === p.totalChunks) progress.done(p.totalChunks * chunkSize, p.totalChunks * chunkSize);
+      else progress.update(p.localChunks * chunkSize, p.totalChunks * chunkSize, p.pulledBytes);
+    });
+  }
+  let status: StatusLine | undefined;
+  const printStatus = (): void => void process.stderr.write(`${status?.line() ?? 'r3map-mount: status: not ready yet'}\n`);
+  process.on('SIGUSR1', printStatus);
+  let interval: NodeJS.Timeout | undefined;
+  let readyFile: string | undefined;
+  let code: number = EXIT.OK;
+  try {
+    const path = await mounted.open();
+    status = new StatusLine(mounted);
+    if (flags.statusInterval > 0) interval = setInterval(printStatus, flags.statusInterval).unref();
+    if (signal.aborted) return EXIT.OK;
+    if (flags.readyFile !== undefined) {
+      await writeAtomically(flags.readyFile, `${path}\n`);
+      readyFile = flags.readyFile;
+    }
+    process.stdout.write(`${path}\n`);
+    await notifyReady(log);
+    const lost = await Promise.race([untilAborted(signal), mounted.closed]);
+    if (lost !== undefined) {
+      log.error({ err: lost, device: path }, `the device went away: ${lost.message}`);
+      code = EXIT.FAILURE;
+    }
+  } finally {
+    clearInterval(interval);
+    if (readyFile !== undefined) await rm(readyFile, { force: true });
+    if (status !== undefined) log.info('closing: pushing every dirty chunk, then detaching');
+    try {
+      await mounted.close();
+    } finally {
+      process.off('SIGUSR1', printStatus);
+      if (status !== undefined) printStatus();
+    }
+  }
+  return code;
+}
+
+/** The SIGUSR1 line: local %, dirty chunks, pull and push rates since the last line. */
+class StatusLine {
+  readonly #mount: ManagedPathMount;
+  readonly #pull: RateMeter;
+  readonly #push: RateMeter;
+
+  constructor(mount: ManagedPathMount) {
+    this.#mount = mount;
+    const stats = mount.stats();
+    this.#pull = new RateMeter(stats.pulledBytes);
+    this.#push = new RateMeter(stats.pushedBytes);
+  }
+
+  line(): string {
+    const s: ManagedMountStats = this.#mount.stats();
+    const percent = ((100 * s.localChunks) / Math.max(1, s.totalChunks)).toFixed(1);
+    return `r3map-mount: status: local ${percent}% (${s.localChunks}/${s.totalChunks} chunks), dirty ${s.dirtyChunks} chunks, ` +
+      `pull ${formatRate(this.#pull.sample(s.pulledBytes))}, push ${formatRate(this.#push.sample(s.pushedBytes))}, ` +
+      `pulled ${formatSize(s.pulledBytes)} (${formatSize(s.pulledBeforeReadyBytes)} before the device was ready), pushed ${formatSize(s.pushedBytes)}`;
+  }
+}
+
+function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
 export function main(argv: readonly string[] = process.argv): Promise<never> {
   const cmd = mountCommand();
-  return runCommand(cmd, (ctx) => mount(cmd.opts<MountFlags>(), ctx), argv);
+  const given = (name: string): boolean => cmd.getOptionValueSource(name) === 'cli';
+  return runCommand(cmd, (ctx) => mount(cmd.opts<MountFlags>(), ctx, given), argv);
 }

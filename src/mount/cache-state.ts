@@ -1,0 +1,378 @@
+/**
+ * CacheState: the crash-safety record of a managed mount's file cache, kept next to it in
+ * `<cache>.r3map-state`. It records which chunks the cache holds (local) and which ones the remote
+ * may not hold durably (dirty), so that a mount restarted after `kill -9` or a power cut with the
+ * same cache pulls no chunk it already has and pushes every write a FLUSH acknowledged. The design
+ * and its argument are in docs/managed-mounts.md ("Crash safety").
+ *
+ * File: two slots of equal length (a multiple of 4096); a save writes the slot the newest valid
+ * one is not in, then fdatasyncs, so a torn save leaves the other slot intact. A slot (LE):
+ *
+ *   0  magic "R3MAPCS1"       8  version u32 (1)     12 header bytes u32 (80)
+ *   16 size u64 (lo, hi u32)  24 chunkSize u32      28 chunks u32
+ *   32 sequence u64 (lo, hi)  40 sha256(remote id)  72 bitmap bytes u32   76 flags u32 (0)
+ *   80 local bitmap, dirty bitmap (bit i = chunk i, LSB first), then sha256 of everything before
+ *
+ * Rules kept here (the stack supplies the bits through a CacheStateSource):
+ * - A chunk is saved as local only after a cache fdatasync that began after it became local
+ *   ('full' saves). 'intent' saves keep the last saved local bits and only raise dirty bits.
+ * - A chunk saved as local and clean promises "the cache holds what the remote durably holds", so
+ *   a write may not change such a chunk before a save has raised its dirty bit: `beginWrite()`
+ *   returns a promise to wait for in that case (grouped: one save serves every waiting write).
+ * - On load, a chunk is restored local iff its local bit is set, and dirty iff both bits are set;
+ *   a dirty bit without the local bit was a write never flushed to a chunk the cache did not
+ *   hold yet: the chunk is pulled again and that write is dropped, as the NBD contract allows.
+ * - Saves never overlap; a save requested during one runs after it with a fresh snapshot.
+ */
+import { createHash } from 'node:crypto';
+import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { UsageError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { chunkCount } from '../util/chunks.js';
+
+const MAGIC = Buffer.from('R3MAPCS1', 'latin1');
+const VERSION = 1;
+const HEADER_BYTES = 80;
+const HASH_BYTES = 32;
+const SLOT_ALIGN = 4096;
+const RESET_HINT = 'resetCache / --reset-cache discards the state and pulls everything again (writes not yet pushed are lost)';
+const noop = (): void => {};
+
+export interface CacheStateIdentity {
+  readonly size: number;
+  readonly chunkSize: number;
+  /** Names the remote; only its SHA-256 is stored. */
+  readonly remoteId: string;
+}
+
+export interface CacheStateOptions {
+  /** Delete any state first: the cache's content is then unknown and everything is pulled. */
+  readonly reset?: boolean;
+  /** Save local bits every intervalMs when something changed; 0 = only on explicit saves. */
+  readonly intervalMs?: number;
+  /** Receives failures of interval saves (they are logged too). */
+  readonly onError?: (err: unknown) => void;
+  readonly log?: Logger;
+}
+
+/** What the mount tells the state at save time (byte per chunk: 1 = set). */
+export interface CacheStateSource {
+  /** Set the chunks whose current data is in the cache. */
+  fillLocal(bytes: Uint8Array): void;
+  /** Set the chunks the remote may not hold durably (dirty, pushed but not synced). */
+  fillDirty(bytes: Uint8Array): void;
+  /** fdatasync the cache. */
+  syncCache(): Promise<void>;
+}
+
+export interface RestoredChunks {
+  /** No usable state existed (new cache, reset, or a state without a cache). */
+  readonly fresh: boolean;
+  /** Chunk indexes the cache holds. */
+  readonly local: readonly number[];
+  /** Chunk indexes (a subset of local) to push. */
+  readonly dirty: readonly number[];
+  /** Chunks dropped because an unflushed write to them never had their data local. */
+  readonly discarded: number;
+}
+
+export type SaveKind = 'full' | 'intent';
+
+export class CacheState {
+  readonly path: string;
+  readonly chunks: number;
+  readonly restored: RestoredChunks;
+  readonly #identity: CacheStateIdentity;
+  readonly #idHash: Buffer;
+  readonly #log: Logger;
+  readonly #onError: ((err: unknown) => void) | undefined;
+  readonly #intervalMs: number;
+  readonly #slot: Buffer;
+  readonly #writing: Uint8Array;
+  #source: CacheStateSource | undefined;
+  #handle: FileHandle | undefined;
+  #sequence: number;
+  #durableLocal: Uint8Array;
+  #durableDirty: Uint8Array;
+  #spareLocal: Uint8Array;
+  #spareDirty: Uint8Array;
+  #savingLocal: Uint8Array | undefined;
+  #savingDirty: Uint8Array | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+  #queued: Promise<void> | undefined;
+  #wantFull = false;
+  #changed = false;
+  #interval: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  /** `<cache>.r3map-state` */
+  static pathFor(cachePath: string): string {
+    return `${cachePath}.r3map-state`;
+  }
+
+  /**
+   * Reads the state next to `cachePath` (before the cache is opened: a missing cache matters).
+   * Throws a UsageError when it belongs to another remote, size or chunk size, or is unreadable.
+   */
+  static async load(cachePath: string, identity: CacheStateIdentity, options: CacheStateOptions = {}): Promise<CacheState> {
+    const statePath = CacheState.pathFor(cachePath);
+    const log = (options.log ?? silentLogger).child({ component: 'cache-state', path: statePath });
+    if (options.reset === true) await rm(statePath, { force: true });
+    const text = await readFile(statePath).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw new UsageError(`cannot read the cache state ${statePath}: ${err.message}`, { cause: err });
+    });
+    const state = new CacheState(statePath, identity, options, log);
+    const cacheExists = await stat(cachePath).then(() => true, () => false);
+    if (text === undefined) {
+      if (cacheExists) log.warn({ cache: cachePath }, 'the cache has no state next to it: its content is not trusted, every chunk is pulled');
+      return state;
+    }
+    const slot = state.#newestSlot(text);
+    const bits = slot.subarray(HEADER_BYTES);
+    const bytes = Math.ceil(state.chunks / 8);
+    let dirtyCount = 0;
+    for (let i = 0; i < state.chunks; i++) dirtyCount += bit(bits, bytes, i) & bit(bits, 0, i);
+    if (!cacheExists) {
+      if (dirtyCount > 0) {
+        throw new UsageError(`the cache ${cachePath} is missing, but its state says ${dirtyCount} chunk(s) hold writes not yet pushed; ${RESET_HINT}`);
+      }
+      log.warn('the state has no cache next to it: starting fresh');
+      return state;
+    }
+    state.#restore(slot);
+    return state;
+  }
+
+  private constructor(statePath: string, identity: CacheStateIdentity, options: CacheStateOptions, log: Logger) {
+    this.path = statePath;
+    this.#identity = Object.freeze({ ...identity });
+    this.#idHash = createHash('sha256').update(identity.remoteId).digest();
+    this.chunks = chunkCount(identity.size, identity.chunkSize);
+    if (this.chunks > 0xffffffff) throw new UsageError(`${this.chunks} chunks are too many for a cache state; use a larger chunk size`);
+    this.#log = log;
+    this.#onError = options.onError;
+    this.#intervalMs = options.intervalMs ?? 0;
+    const used = HEADER_BYTES + 2 * Math.ceil(this.chunks / 8) + HASH_BYTES;
+    this.#slot = Buffer.alloc(Math.ceil(used / SLOT_ALIGN) * SLOT_ALIGN);
+    this.#writing = new Uint8Array(this.chunks);
+    this.#durableLocal = new Uint8Array(this.chunks);
+    this.#durableDirty = new Uint8Array(this.chunks);
+    this.#spareLocal = new Uint8Array(this.chunks);
+    this.#spareDirty = new Uint8Array(this.chunks);
+    this.#sequence = 0;
+    this.restored = Object.freeze({ fresh: true, local: [], dirty: [], discarded: 0 });
+  }
+
+  /**
+   * Opens the state for saving, with `source` for the bits. A fresh state is created whole
+   * (temp file, fdatasync, rename); either way the directory is fsynced, so the cache file
+   * (opened before this) and the state are both durable names.
+   */
+  async open(source: CacheStateSource): Promise<void> {
+    this.#source = source;
+    if (this.restored.fresh) {
+      const tmp = `${this.path}.tmp`;
+      const handle = await open(tmp, 'w', 0o644);
+      try {
+        this.#sequence = 1;
+        this.#encode(this.#durableLocal, this.#durableDirty, this.#sequence);
+        await handle.truncate(2 * this.#slot.length);
+        await handle.write(this.#slot, 0, this.#slot.length, (this.#sequence % 2) * this.#slot.length);
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      await rename(tmp, this.path);
+    }
+    this.#handle = await open(this.path, 'r+');
+    await syncDirectory(path.dirname(this.path));
+    if (this.#intervalMs > 0) this.#interval = setInterval(this.#tick, this.#intervalMs).unref();
+  }
+
+  /**
+   * Call before a write to chunk `index` reaches the cache, and endWrite() after it landed (and
+   * its dirty mark is visible to fillDirty). Returns a promise to wait for before writing when
+   * the chunk is saved as local and clean; undefined when the write may go ahead at once.
+   */
+  beginWrite(index: number): Promise<void> | undefined {
+    this.#writing[index] = 1;
+    if (this.#mayChange(index)) return undefined;
+    return this.save('intent');
+  }
+
+  endWrite(index: number): void {
+    this.#writing[index] = 0;
+    this.#changed = true;
+  }
+
+  /** Something worth saving changed (a chunk became local, a push finished). */
+  noteChange(): void {
+    this.#changed = true;
+  }
+
+  /**
+   * Saves a snapshot taken after this call: 'full' fdatasyncs the cache and records local and
+   * dirty bits; 'intent' only raises dirty bits (no cache fdatasync).
+   */
+  save(kind: SaveKind = 'full'): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    if (kind === 'full') this.#wantFull = true;
+    if (this.#queued !== undefined) return this.#queued;
+    const run = this.#tail.then(() => {
+      this.#queued = undefined;
+      const full = this.#wantFull;
+      this.#wantFull = false;
+      return this.#run(full);
+    });
+    this.#queued = run;
+    this.#tail = run.then(noop, noop);
+    return run;
+  }
+
+  /** Stops the interval and waits for saves under way; the caller saves a last time first. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#interval);
+    await this.#tail;
+    await this.#handle?.close();
+    this.#handle = undefined;
+  }
+
+  readonly #tick = (): void => {
+    if (!this.#changed || this.#queued !== undefined) return;
+    this.#changed = false;
+    this.save('full').catch((err: unknown) => {
+      this.#log.error({ err }, 'saving the cache state failed; the next flush retries');
+      this.#changed = true;
+      this.#onError?.(err);
+    });
+  };
+
+  /** True unless some saved (or being saved) snapshot says "local and clean" for the chunk. */
+  #mayChange(index: number): boolean {
+    if (this.#durableLocal[index] === 1 && this.#durableDirty[index] === 0) return false;
+    return this.#savingLocal === undefined || this.#savingLocal[index] === 0 || this.#savingDirty![index] === 1;
+  }
+
+  async #run(full: boolean): Promise<void> {
+    if (this.#handle === undefined || this.#source === undefined) throw new Error('cache state is not open');
+    const dirty = this.#spareDirty.fill(0);
+    this.#source.fillDirty(dirty);
+    for (let i = 0; i < this.chunks; i++) dirty[i] |= this.#writing[i]!;
+    let local = this.#durableLocal;
+    if (full) {
+      local = this.#spareLocal.fill(0);
+      this.#source.fillLocal(local);
+    }
+    this.#savingLocal = local;
+    this.#savingDirty = dirty;
+    try {
+      if (full) await this.#source.syncCache();
+      const sequence = this.#sequence + 1;
+      this.#encode(local, dirty, sequence);
+      await this.#handle.write(this.#slot, 0, this.#slot.length, (sequence % 2) * this.#slot.length);
+      await this.#handle.datasync();
+      this.#sequence = sequence; // only now: a failed save rewrites the same slot, never the good one
+    } finally {
+      this.#savingLocal = this.#savingDirty = undefined;
+    }
+    this.#spareDirty = this.#durableDirty;
+    this.#durableDirty = dirty;
+    if (full) {
+      this.#spareLocal = this.#durableLocal;
+      this.#durableLocal = local;
+    }
+  }
+
+  #encode(local: Uint8Array, dirty: Uint8Array, sequence: number): void {
+    const slot = this.#slot.fill(0);
+    const bytes = Math.ceil(this.chunks / 8);
+    MAGIC.copy(slot, 0);
+    slot.writeUInt32LE(VERSION, 8);
+    slot.writeUInt32LE(HEADER_BYTES, 12);
+    writeU64(slot, 16, this.#identity.size);
+    slot.writeUInt32LE(this.#identity.chunkSize, 24);
+    slot.writeUInt32LE(this.chunks, 28);
+    writeU64(slot, 32, sequence);
+    this.#idHash.copy(slot, 40);
+    slot.writeUInt32LE(bytes, 72);
+    for (let i = 0; i < this.chunks; i++) {
+      if (local[i] === 1) slot[HEADER_BYTES + (i >> 3)]! |= 1 << (i & 7);
+      if (dirty[i] === 1) slot[HEADER_BYTES + bytes + (i >> 3)]! |= 1 << (i & 7);
+    }
+    const end = HEADER_BYTES + 2 * bytes;
+    createHash('sha256').update(slot.subarray(0, end)).digest().copy(slot, end);
+  }
+
+  /** The valid slot with the highest sequence that matches our identity; throws otherwise. */
+  #newestSlot(file: Buffer): Buffer {
+    const half = file.length / 2;
+    const slots = [file.subarray(0, half), file.subarray(half)].filter((s) => Number.isInteger(half) && isValidSlot(s));
+    if (slots.length === 0) {
+      const newer = [0, half].find((at) => Number.isInteger(at) && file.length >= at + 12 && file.subarray(at, at + 8).equals(MAGIC) && file.readUInt32LE(at + 8) > VERSION);
+      const why = newer !== undefined ? `was written by a newer r3map (format ${file.readUInt32LE(newer + 8)}; this one reads ${VERSION})` : 'is corrupt (no valid slot)';
+      throw new UsageError(`the cache state ${this.path} ${why}; ${RESET_HINT}`);
+    }
+    const newest = slots.reduce((a, b) => (readU64(b, 32) > readU64(a, 32) ? b : a));
+    const { size, chunkSize } = this.#identity;
+    const was = { size: readU64(newest, 16), chunkSize: newest.readUInt32LE(24) };
+    if (was.size !== size) throw new UsageError(`the cache state ${this.path} is for a remote of ${was.size} bytes, but this remote has ${size}; ${RESET_HINT}`);
+    if (was.chunkSize !== chunkSize) throw new UsageError(`the cache state ${this.path} uses chunk size ${was.chunkSize}, not ${chunkSize}: pass chunkSize ${was.chunkSize}, or ${RESET_HINT}`);
+    if (!newest.subarray(40, 72).equals(this.#idHash)) {
+      throw new UsageError(`the cache state ${this.path} was written for another remote (its remote id differs): pass the same remoteId / --remote-id as before, or ${RESET_HINT}`);
+    }
+    this.#sequence = readU64(newest, 32);
+    return newest;
+  }
+
+  #restore(slot: Buffer): void {
+    const bits = slot.subarray(HEADER_BYTES);
+    const bytes = Math.ceil(this.chunks / 8);
+    const local: number[] = [];
+    const dirty: number[] = [];
+    let discarded = 0;
+    for (let i = 0; i < this.chunks; i++) {
+      const l = bit(bits, 0, i);
+      const d = bit(bits, bytes, i);
+      if (l === 1) local.push(i);
+      if (l === 1 && d === 1) dirty.push(i);
+      if (l === 0 && d === 1) discarded++;
+      this.#durableLocal[i] = l;
+      this.#durableDirty[i] = d & l;
+    }
+    (this as { restored: RestoredChunks }).restored = Object.freeze({ fresh: false, local, dirty, discarded });
+    this.#log.info({ local: local.length, dirty: dirty.length, discarded, chunks: this.chunks }, 'cache state restored');
+  }
+}
+
+function isValidSlot(slot: Buffer): boolean {
+  if (slot.length < HEADER_BYTES + HASH_BYTES || !slot.subarray(0, 8).equals(MAGIC)) return false;
+  if (slot.readUInt32LE(8) !== VERSION || slot.readUInt32LE(12) !== HEADER_BYTES) return false;
+  const end = HEADER_BYTES + 2 * slot.readUInt32LE(72);
+  if (end + HASH_BYTES > slot.length || slot.readUInt32LE(72) !== Math.ceil(slot.readUInt32LE(28) / 8)) return false;
+  return createHash('sha256').update(slot.subarray(0, end)).digest().equals(slot.subarray(end, end + HASH_BYTES));
+}
+
+function bit(bits: Buffer, base: number, i: number): number {
+  return (bits[base + (i >> 3)]! >> (i & 7)) & 1;
+}
+
+function writeU64(buf: Buffer, off: number, value: number): void {
+  buf.writeUInt32LE(value % 2 ** 32, off);
+  buf.writeUInt32LE(Math.floor(value / 2 ** 32), off + 4);
+}
+
+function readU64(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off + 4) * 2 ** 32 + buf.readUInt32LE(off);
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
