@@ -4,12 +4,14 @@ import type { BenchScenario } from '../bench/scenario.js';
 import { nbdScenario } from '../bench/nbd.js';
 import { deviceScenario } from '../bench/mount-device.js';
 import { backendsScenario } from '../bench/backends.js';
+import { uffdScenario } from '../bench/uffd.js';
 
 /** Every scenario, one line each: `r3map-bench <name>`. */
 const SCENARIOS: readonly BenchScenario[] = [
   nbdScenario,
   deviceScenario,
   backendsScenario,
+  uffdScenario,
 ];
 
 export interface BenchProgram {

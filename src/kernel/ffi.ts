@@ -13,7 +13,7 @@
  */
 import * as koffi from 'koffi';
 import { KernelError } from '../errors.js';
-import { errnoName } from './errno.js';
+import { Errno, errnoName } from './errno.js';
 
 /** An address in this process, as koffi 3 returns pointers. */
 export type Pointer = bigint;
@@ -88,7 +88,13 @@ interface Libc {
   readonly sigfillset: Fn;
   readonly pthreadSigmask: Fn;
   readonly syscall0: Fn;
-  readonly poll: Fn;
+  readonly poll: Fn & { readonly async: Fn };
+  readonly syscall1: Fn;
+  readonly read: Fn;
+  readonly write: Fn;
+  readonly pipe2: Fn;
+  readonly mprotect: Fn;
+  readonly getpagesize: Fn;
 }
 
 let bound: Libc | undefined;
@@ -114,6 +120,12 @@ function libc(): Libc {
     pthreadSigmask: lib.func('int pthread_sigmask(int how, void *set, void *oldset)'),
     syscall0: lib.func('long syscall(long number)'),
     poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
+    syscall1: lib.func('syscall', 'long', ['long', 'long']),
+    read: lib.func('long read(int fd, void *buf, size_t count)'),
+    write: lib.func('long write(int fd, void *buf, size_t count)'),
+    pipe2: lib.func('int pipe2(_Out_ int *fds, int flags)'),
+    mprotect: lib.func('int mprotect(void *addr, size_t length, int prot)'),
+    getpagesize: lib.func('int getpagesize()'),
   });
   return bound;
 }
@@ -197,6 +209,11 @@ export function viewOf(addr: Pointer, length: number): Buffer {
   return Buffer.from(koffi.view(addr, length), 0, length);
 }
 
+/** The address of the first byte of a Buffer or typed array (byteOffset included), or of an ArrayBuffer. */
+export function bufferAddress(buf: ArrayBufferView | ArrayBuffer | SharedArrayBuffer): Pointer {
+  return koffi.address(buf);
+}
+
 export function prctl(option: number, arg2: number | bigint = 0, arg3: number | bigint = 0, arg4: number | bigint = 0, arg5: number | bigint = 0): number {
   return check(libc().prctl(option, arg2, arg3, arg4, arg5) as number, 'prctl');
 }
@@ -237,4 +254,93 @@ export function poll(fds: readonly PollFd[], timeoutMs: number): number[] {
   });
   check(libc().poll(buf, fds.length, timeoutMs) as number, 'poll');
   return fds.map((_, i) => buf.readInt16LE(i * POLLFD_BYTES + 6));
+}
+
+/**
+ * syscall(2) with one integer argument, for calls glibc has no wrapper for (userfaultfd).
+ * `name` is what errors call it.
+ */
+export function syscall(nr: number, arg: number, name: string): number {
+  return check(libc().syscall1(nr, arg) as number, name);
+}
+
+/**
+ * read(2) of up to `buf.length` bytes into `buf`. Returns the byte count, or -1 when a
+ * non-blocking fd has nothing to read (EAGAIN); any other failure throws.
+ */
+export function tryRead(fd: number, buf: Buffer, device?: string): number {
+  const n = libc().read(fd, buf, buf.length) as number;
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === Errno.EAGAIN) return -1;
+  fail('read', device, errno);
+}
+
+/** write(2) of all of `buf` in one call; returns the byte count (a short write is returned, not retried). */
+export function write(fd: number, buf: Buffer, device?: string): number {
+  return check(libc().write(fd, buf, buf.length) as number, 'write', device);
+}
+
+/** pipe2(2): [read end, write end]; pass O_CLOEXEC (and O_NONBLOCK) in `flags`. */
+export function pipe2(flags: number): [number, number] {
+  const fds = [-1, -1];
+  check(libc().pipe2(fds, flags) as number, 'pipe2');
+  return [fds[0]!, fds[1]!];
+}
+
+export function mprotect(addr: Pointer, length: number, prot: number): void {
+  check(libc().mprotect(addr, length, prot) as number, 'mprotect');
+}
+
+/** The size of a memory page in bytes (getpagesize(2)). */
+export function pageSize(): number {
+  return libc().getpagesize() as number;
+}
+
+/** A `struct pollfd` array for pollAsync: fill it once, read each fd's revents with reventsOf. */
+export function pollFds(fds: readonly PollFd[]): Buffer {
+  const buf = Buffer.alloc(fds.length * POLLFD_BYTES);
+  fds.forEach((p, i) => {
+    buf.writeInt32LE(p.fd, i * POLLFD_BYTES);
+    buf.writeInt16LE(p.events, i * POLLFD_BYTES + 4);
+  });
+  return buf;
+}
+
+/** The revents poll left for entry `index` of a pollFds buffer. */
+export function reventsOf(fds: Buffer, index: number): number {
+  return fds.readInt16LE(index * POLLFD_BYTES + 6);
+}
+
+/**
+ * poll(2) on a pollFds buffer, blocking the calling thread (and its event loop) up to
+ * `timeoutMs`. Returns the number of ready fds (0 on timeout or EINTR); revents stay in `fds`.
+ */
+export function pollBuffer(fds: Buffer, timeoutMs: number): number {
+  const n = libc().poll(fds, fds.length / POLLFD_BYTES, timeoutMs) as number;
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === Errno.EINTR) return 0;
+  fail('poll', undefined, errno);
+}
+
+/**
+ * poll(2) on a koffi async call: it blocks a libuv threadpool thread, not the calling thread,
+ * whose event loop keeps running. Resolves with the number of ready fds (0 on timeout) and
+ * leaves revents in `fds` (a pollFds buffer, which must not be touched until it settles).
+ * EINTR resolves 0. Every pending call holds one of the process's UV_THREADPOOL_SIZE threads
+ * (default 4) for up to `timeoutMs`: keep the timeout bounded so fs and crypto work still runs.
+ */
+export function pollAsync(fds: Buffer, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    libc().poll.async(fds, fds.length / POLLFD_BYTES, timeoutMs, (err: unknown, result: number) => {
+      if (err !== null && err !== undefined) reject(err instanceof Error ? err : new Error(String(err)));
+      else if (result >= 0) resolve(result);
+      else {
+        const errno = koffi.errno();
+        if (errno === Errno.EINTR) resolve(0);
+        else reject(new KernelError({ syscall: 'poll', errno, errnoName: errnoName(errno) }));
+      }
+    });
+  });
 }

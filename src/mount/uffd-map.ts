@@ -65,7 +65,7 @@ export interface UffdMapOptions {
   readonly log?: Logger;
 }
 
-interface ResolvedOptions {
+export interface ResolvedUffdMapOptions {
   readonly chunkSize: number;
   readonly prefetchWorkers: number;
   readonly prefetchPriority: PullPriority;
@@ -111,7 +111,7 @@ function count(value: number | undefined, fallback: number, name: string): numbe
   return n;
 }
 
-export function resolveUffdMapOptions(options: UffdMapOptions, page: number): ResolvedOptions {
+export function resolveUffdMapOptions(options: UffdMapOptions, page: number): ResolvedUffdMapOptions {
   const chunkSize = options.chunkSize ?? DEFAULT_UFFD_CHUNK_SIZE;
   if (!Number.isSafeInteger(chunkSize) || chunkSize < page || chunkSize % page !== 0 || chunkSize > 2 ** 30) {
     throw new UsageError(`chunkSize must be a multiple of the page size (${page}) up to 1 GiB, got ${chunkSize}`);
