@@ -1,7 +1,39 @@
-// The public surface of the r3map library: an explicit export list.
+// The public surface of the r3map library: an explicit export list. Network backends (Redis, S3,
+// Cassandra, gRPC, NBD) are reached through openBackend(uri), which loads their drivers on demand.
 export * from './errors.js';
 export type { ReaderAt, WriterAt, ReadWriterAt, Backend, BackendCapabilities } from './pipeline/types.js';
 export { createLogger, silentLogger } from './log.js';
 export { parseSize, parseDurationMs, formatSize } from './util/size.js';
-export { parseBackendUri, type BackendSpec } from './backends/uri.js';
+
+// Pipeline stages
+export { ArbitraryReadWriterAt } from './pipeline/arbitrary.js';
+export { ChunkedReadWriterAt } from './pipeline/chunked.js';
+export { SyncedReadWriterAt } from './pipeline/synced.js';
+export { TrackingReadWriterAt } from './pipeline/tracking.js';
+export { LockableReadWriterAt } from './pipeline/lockable.js';
+export { LatencyReadWriterAt, LatencyBackend } from './pipeline/latency.js';
+export { Puller } from './pipeline/puller.js';
+export { Pusher } from './pipeline/pusher.js';
+export { ascending, descending, firstAndLast, pullPriorityByName, type PullPriority } from './pipeline/pull-priority.js';
+
+// Backends
+export { parseBackendUri, redactUri, ACCEPTED_BACKEND_URIS, type BackendSpec } from './backends/uri.js';
 export { openBackend, type OpenBackendOptions } from './backends/open.js';
+export { MemoryBackend } from './backends/memory.js';
+export { FileBackend } from './backends/file.js';
+export { DirectoryBackend } from './backends/directory.js';
+export { ChunkStoreBackend, type ChunkStore } from './backends/chunk-store.js';
+
+// NBD
+export { NbdServer, type NbdExport, type NbdServerOptions } from './nbd/server.js';
+export { NbdClient } from './nbd/client.js';
+export { parseListenAddress, formatListenAddress, type ListenAddress } from './nbd/listen-address.js';
+
+// Kernel devices, mounts and memory regions
+export { attachNbdDevice, disconnectNbdDevice, listNbdDevices } from './kernel/nbd-device.js';
+export { DirectPathMount } from './mount/direct-path.js';
+export { DirectFileMount } from './mount/direct-file.js';
+export { DirectSliceMount } from './mount/direct-slice.js';
+export { ManagedPathMount } from './mount/managed-path.js';
+export { ManagedFileMount } from './mount/managed-file.js';
+export { mapReader, UffdMap } from './mount/uffd-map.js';
