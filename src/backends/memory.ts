@@ -3,9 +3,11 @@
  *
  * Guarantees: pages of `chunkSize` bytes are allocated on their first write, so a 1 GiB
  * backend costs nothing until it is written; a never-written range reads as zeros (the
- * caller's buffer is overwritten). Any offset and length inside [0, size) is accepted, sizes
- * above 4 GiB included (page indexes are plain numbers, no 32-bit arithmetic). Every call
- * runs to completion synchronously inside its promise, so concurrent calls never interleave.
+ * caller's buffer is overwritten). A page that one write covers whole is allocated without
+ * zeroing; `writev` copies each piece straight into its pages. Any offset and length inside
+ * [0, size) is accepted, sizes above 4 GiB included (page indexes are plain numbers, no
+ * 32-bit arithmetic). Every call runs to completion synchronously inside its promise, so
+ * concurrent calls never interleave.
  * `trim` and `zero` drop whole pages and zero partial ones.
  */
 import type { Backend } from '../pipeline/types.js';
@@ -77,16 +79,42 @@ export class MemoryBackend implements Backend {
 
   async writeAt(buf: Buffer, off: number): Promise<void> {
     this.#check(off, buf.length, true);
+    this.#copyIn(buf, off, off, off + buf.length);
+  }
+
+  /** Scatter write: each piece is copied straight into its pages (no gathering copy). */
+  async writev(bufs: readonly Buffer[], off: number): Promise<void> {
+    let length = 0;
+    for (let i = 0; i < bufs.length; i++) length += bufs[i]!.length;
+    this.#check(off, length, true);
+    const end = off + length;
+    let pos = off;
+    for (let i = 0; i < bufs.length; i++) {
+      const buf = bufs[i]!;
+      this.#copyIn(buf, pos, off, end);
+      pos += buf.length;
+    }
+  }
+
+  /**
+   * Copies `buf` to `off`, as part of one write covering [writeStart, writeEnd). A page first
+   * touched here is left unzeroed when that write covers it whole (every byte is about to be
+   * written, synchronously); otherwise it starts as zeros.
+   */
+  #copyIn(buf: Buffer, off: number, writeStart: number, writeEnd: number): void {
     const chunkSize = this.chunkSize;
     let done = 0;
     while (done < buf.length) {
       const pos = off + done;
       const index = Math.floor(pos / chunkSize);
-      const inPage = pos - index * chunkSize;
+      const pageStart = index * chunkSize;
+      const inPage = pos - pageStart;
       const n = Math.min(chunkSize - inPage, buf.length - done);
       let page = this.#pages.get(index);
       if (page === undefined) {
-        page = Buffer.alloc(Math.min(chunkSize, this.size - index * chunkSize));
+        const pageLength = Math.min(chunkSize, this.size - pageStart);
+        const whole = writeStart <= pageStart && pageStart + pageLength <= writeEnd;
+        page = whole ? Buffer.allocUnsafeSlow(pageLength) : Buffer.alloc(pageLength);
         this.#pages.set(index, page);
       }
       buf.copy(page, inPage, done, done + n);

@@ -4,7 +4,8 @@
  * - A header that arrives whole is decoded in place; one split across chunks is gathered into a
  *   28-byte scratch buffer.
  * - A WRITE payload that arrives inside one chunk is handed out as a `subarray` view (no copy; Node
- *   never reuses a socket's 'data' chunks: each read gets its own ArrayBuffer). One that spans chunks
+ *   never reuses the 'data' chunks of a net.Socket or tls.TLSSocket: each read gets its own
+ *   ArrayBuffer, which test/nbd/transmission.test.ts checks). One that spans chunks
  *   is, for a sink with `scatterWrites`, handed out as the list of its chunk views (`pieces`, for
  *   Backend.writev: no copy at all); otherwise, or when the pieces get too small on average (over
  *   2 + length / MIN_AVG_PIECE of them), it is copied piece by piece straight into a destination the

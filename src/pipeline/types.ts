@@ -41,4 +41,11 @@ export interface Backend extends ReadWriterAt, BackendCapabilities {
   trim?(off: number, length: number): Promise<void>;
   /** Write zeros over a range, cheaper than writeAt where the store allows. */
   zero?(off: number, length: number): Promise<void>;
+  /**
+   * Scatter write: `bufs` are the contiguous pieces of one write of their total length at `off`
+   * (as if concatenated; empty pieces allowed). Same result and errors as `writeAt` of the
+   * concatenation. The pieces are valid only until the promise settles and are never kept. The
+   * NBD server hands a WRITE payload that arrived in several socket chunks to it as is.
+   */
+  writev?(bufs: readonly Buffer[], off: number): Promise<void>;
 }

@@ -3,9 +3,10 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, stat, truncate, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileBackend } from '../../src/backends/file.js';
+import { FileBackend, dropFront } from '../../src/backends/file.js';
 import { BackendError } from '../../src/errors.js';
 import { readWriterAtSuite, pattern } from '../support/rwat-suite.js';
+import { ScatterWriter, mulberry32, splitAtRandom } from './scatter-writer.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -24,6 +25,12 @@ readWriterAtSuite('FileBackend on a new sparse file', async () => {
   const chunkSize = 4 * KiB;
   const backend = await FileBackend.open(nextPath(), { size: 10 * chunkSize + 1234, create: true });
   return { rw: backend, size: backend.size, chunkSize, close: () => backend.close() };
+});
+
+readWriterAtSuite('FileBackend.writev on a new sparse file (writes cut into random pieces)', async () => {
+  const chunkSize = 4 * KiB;
+  const backend = await FileBackend.open(nextPath(), { size: 10 * chunkSize + 1234, create: true });
+  return { rw: new ScatterWriter(backend, 11), size: backend.size, chunkSize, close: () => backend.close() };
 });
 
 describe('FileBackend', () => {
@@ -175,5 +182,64 @@ describe('FileBackend', () => {
     });
     await Promise.all(reads);
     await backend.close();
+  });
+
+  describe('writev', () => {
+    it('writes more pieces than IOV_MAX (1500 random pieces) as one write', async () => {
+      const size = 3 * MiB + 5;
+      const backend = await FileBackend.open(nextPath(), { size });
+      const data = pattern(2 * MiB + 333, 12);
+      const pieces = splitAtRandom(data, mulberry32(5), 3000);
+      assert.ok(pieces.length > 1024, `only ${pieces.length} pieces`);
+      await backend.writev(pieces, 777);
+      const back = Buffer.alloc(size, 0xff);
+      await backend.readAt(back, 0);
+      const model = Buffer.alloc(size);
+      data.copy(model, 777);
+      assert.ok(back.equals(model));
+      await backend.close();
+    });
+
+    it('writes concurrent writevs to disjoint ranges, each intact', async () => {
+      const backend = await FileBackend.open(nextPath(), { size: 4 * MiB });
+      const model = pattern(4 * MiB, 13);
+      const random = mulberry32(9);
+      await Promise.all(
+        Array.from({ length: 16 }, (_, i) => backend.writev(splitAtRandom(model.subarray(i * 256 * KiB, (i + 1) * 256 * KiB), random, 20), i * 256 * KiB)),
+      );
+      const back = Buffer.alloc(4 * MiB, 0xff);
+      await backend.readAt(back, 0);
+      assert.ok(back.equals(model));
+      await backend.close();
+    });
+
+    it('rejects out-of-range, read-only and closed writev calls', async () => {
+      const path = nextPath();
+      const backend = await FileBackend.open(path, { size: 1000 });
+      await assert.rejects(backend.writev([Buffer.alloc(600), Buffer.alloc(401)], 0), { code: 'ERR_OUT_OF_RANGE' });
+      await backend.close();
+      await assert.rejects(backend.writev([Buffer.alloc(1)], 0), { code: 'ERR_CLOSED' });
+      const readOnly = await FileBackend.open(path, { readOnly: true });
+      await assert.rejects(readOnly.writev([Buffer.alloc(1)], 0), { code: 'ERR_READ_ONLY' });
+      await readOnly.close();
+    });
+
+    const drops: { name: string; pieces: number[]; n: number; rest: number[] }[] = [
+      { name: 'inside the first piece', pieces: [10, 20], n: 3, rest: [7, 20] },
+      { name: 'exactly at a piece boundary', pieces: [10, 20, 5], n: 10, rest: [20, 5] },
+      { name: 'past several pieces and empty ones', pieces: [1, 0, 2, 0, 30, 4], n: 5, rest: [28, 4] },
+      { name: 'up to the last byte', pieces: [4, 4], n: 7, rest: [1] },
+    ];
+    for (const d of drops) {
+      it(`after a short write, goes on ${d.name}`, () => {
+        const data = pattern(d.pieces.reduce((a, b) => a + b, 0), 14);
+        const pieces: Buffer[] = [];
+        for (let at = 0, i = 0; i < d.pieces.length; at += d.pieces[i]!, i++) pieces.push(data.subarray(at, at + d.pieces[i]!));
+        const rest = dropFront(pieces, d.n);
+        assert.deepEqual(rest.map((p) => p.length), d.rest);
+        assert.deepEqual(Buffer.concat(rest), data.subarray(d.n));
+        assert.equal(pieces[0]!.length, d.pieces[0], 'the caller\'s array is left alone');
+      });
+    }
   });
 });

@@ -181,3 +181,159 @@ describe('RequestParser', () => {
     assert.equal(sink.seen.length, 0);
   });
 });
+
+/** A sink that takes multi-chunk WRITE payloads as chunk views (for Backend.writev). */
+class ScatterSink extends RecordingSink {
+  readonly scatterWrites = true;
+  override summary(): unknown[] {
+    return this.seen.map((r) => ({
+      type: r.type,
+      handle: r.handleLo,
+      offset: r.offset,
+      length: r.length,
+      errno: r.errno,
+      payload: digest(r.pieces !== undefined ? Buffer.concat(r.pieces) : r.payload),
+    }));
+  }
+}
+
+function feedScatter(chunks: readonly Buffer[]): ScatterSink {
+  const sink = new ScatterSink();
+  const parser = new RequestParser(sink);
+  for (const chunk of chunks) parser.push(chunk);
+  assert.equal(parser.midFrame, false);
+  return sink;
+}
+
+/** Every piece must be a view of one of the chunks fed, never a copy. */
+function assertViewsOf(req: NbdRequest, chunks: readonly Buffer[]): void {
+  const buffers = new Set(chunks.map((c) => c.buffer));
+  for (const piece of req.pieces!) assert.ok(buffers.has(piece.buffer), 'a piece is a view of a fed chunk');
+}
+
+describe('RequestParser with a scatter sink', () => {
+  const stream = encodeStream(FIXTURE);
+
+  test('hands out a payload inside one chunk as a single view, not as pieces', () => {
+    const sink = new ScatterSink();
+    new RequestParser(sink).push(stream);
+    assert.deepEqual(sink.summary(), EXPECTED);
+    assert.ok(sink.seen.every((r) => r.pieces === undefined));
+    assert.equal(sink.allocs, 0);
+  });
+
+  test('hands out a payload spanning three chunks as views of those chunks, in order', () => {
+    const small = encodeStream([FIXTURE[3]!, FIXTURE[0]!]); // a 70000-byte WRITE, then a READ
+    const chunks = [small.subarray(0, 10000), small.subarray(10000, 40000), small.subarray(40000)].map((c) => Buffer.from(c));
+    const sink = feedScatter(chunks);
+    const write = sink.seen[0]!;
+    assert.equal(write.payload, undefined);
+    assert.deepEqual(write.pieces!.map((p) => p.length), [10000 - 28, 30000, 70000 - (40000 - 28)]);
+    assertViewsOf(write, chunks);
+    assert.equal(sink.allocs, 0);
+    assert.deepEqual(sink.summary(), [EXPECTED[3], EXPECTED[0]]);
+  });
+
+  // A short stream, so that it can be split at every position.
+  const SHORT: readonly Spec[] = [
+    { type: NBD_CMD_WRITE, handle: 1, offset: 0, payload: pattern(5000, 1) },
+    { type: NBD_CMD_WRITE, handle: 2, offset: 9, payload: pattern(1, 2) },
+    { type: NBD_CMD_READ, handle: 3, offset: 0, length: 512 },
+    { type: NBD_CMD_WRITE, handle: REFUSED_HANDLE, offset: 0, payload: pattern(300, 5) },
+    { type: NBD_CMD_WRITE, handle: 6, offset: 4096, payload: pattern(4097, 6) },
+  ];
+  const short = encodeStream(SHORT);
+  const shortExpected = SHORT.map((s) => ({
+    type: s.type,
+    handle: s.handle,
+    offset: s.offset ?? 0,
+    length: s.length ?? s.payload?.length ?? 0,
+    errno: s.handle === REFUSED_HANDLE ? NBD_EINVAL : 0,
+    payload: s.type === NBD_CMD_WRITE && s.handle !== REFUSED_HANDLE ? digest(s.payload) : undefined,
+  }));
+
+  test('parses the same requests when split into two chunks at every position', () => {
+    for (let cut = 0; cut <= short.length; cut++) {
+      const chunks = [Buffer.from(short.subarray(0, cut)), Buffer.from(short.subarray(cut))];
+      const sink = feedScatter(chunks);
+      assert.deepEqual(sink.summary(), shortExpected, `cut at ${cut}`);
+      for (const req of sink.seen) if (req.pieces !== undefined) assertViewsOf(req, chunks);
+      assert.equal(sink.allocs, 0, `cut at ${cut}: two pieces are never gathered`);
+    }
+  });
+
+  test('parses the same requests when split into three chunks around every payload boundary', () => {
+    // Cuts near where each payload starts and ends, combined pairwise.
+    const marks: number[] = [];
+    let at = 0;
+    for (const s of SHORT) {
+      at += 28;
+      marks.push(at);
+      at += s.type === NBD_CMD_WRITE ? s.payload!.length : 0;
+      marks.push(at);
+    }
+    const cuts = [...new Set(marks.flatMap((m) => [m - 2, m - 1, m, m + 1, m + 2]))].filter((c) => c > 0 && c < short.length);
+    for (const a of cuts) {
+      for (const b of cuts) {
+        if (b <= a) continue;
+        const chunks = [short.subarray(0, a), short.subarray(a, b), short.subarray(b)];
+        assert.deepEqual(feedScatter(chunks).summary(), shortExpected, `cuts at ${a}, ${b}`);
+      }
+    }
+  });
+
+  test('gathers pieces into one buffer when fed one byte at a time', () => {
+    const chunks = [...stream].map((byte) => Buffer.from([byte]));
+    const sink = feedScatter(chunks);
+    assert.deepEqual(sink.summary(), EXPECTED);
+    assert.equal(sink.allocs, 2, 'each accepted, non-empty WRITE payload is gathered once');
+    assert.ok(sink.seen.every((r) => r.pieces === undefined));
+  });
+
+  test('switches from pieces to one buffer mid-payload when pieces get small', () => {
+    const spec: Spec = { type: NBD_CMD_WRITE, handle: 1, offset: 0, payload: pattern(8192, 3) };
+    const bytes = encodeStream([spec]);
+    // 2 + 8192 / 4096 = 4 pieces are allowed; the fifth one gathers.
+    const chunks = [bytes.subarray(0, 28 + 4000), bytes.subarray(28 + 4000, 28 + 4100), ...[...bytes.subarray(28 + 4100, 28 + 4110)].map((b) => Buffer.from([b])), bytes.subarray(28 + 4110)];
+    const sink = feedScatter(chunks);
+    assert.equal(sink.allocs, 1);
+    assert.equal(sink.seen[0]!.pieces, undefined);
+    assert.equal(digest(sink.seen[0]!.payload), digest(spec.payload));
+  });
+
+  for (const seed of [1, 2, 3, 42, 1234, 99999]) {
+    test(`parses the same requests from random splits, with large chunks as pieces (seed ${seed})`, () => {
+      const random = mulberry32(seed);
+      const chunks: Buffer[] = [];
+      for (let pos = 0; pos < stream.length; ) {
+        const max = random() < 0.2 ? 40 : 20000;
+        const n = Math.min(stream.length - pos, 1 + Math.floor(random() * max));
+        chunks.push(Buffer.from(stream.subarray(pos, pos + n)));
+        pos += n;
+      }
+      const sink = feedScatter(chunks);
+      assert.deepEqual(sink.summary(), EXPECTED);
+      for (const req of sink.seen) if (req.pieces !== undefined) assertViewsOf(req, chunks);
+    });
+  }
+
+  test('skips a refused WRITE payload without keeping pieces', () => {
+    const refused = encodeStream([FIXTURE[4]!, FIXTURE[0]!]);
+    const sink = feedScatter([refused.subarray(0, 30), refused.subarray(30, 2000), refused.subarray(2000)]);
+    assert.deepEqual(sink.seen.map((r) => [r.handleLo, r.errno, r.payload, r.pieces]), [
+      [REFUSED_HANDLE, NBD_EINVAL, undefined, undefined],
+      [1, 0, undefined, undefined],
+    ]);
+  });
+
+  test('keeps pieces intact across a stop and resume', () => {
+    const sink = new ScatterSink();
+    sink.stopAt = 3;
+    const parser = new RequestParser(sink);
+    for (let pos = 0; pos < stream.length; pos += 9000) parser.push(Buffer.from(stream.subarray(pos, pos + 9000)));
+    assert.equal(parser.stopped, true);
+    parser.resume();
+    assert.deepEqual(sink.summary(), EXPECTED);
+  });
+});
+

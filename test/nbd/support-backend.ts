@@ -5,7 +5,7 @@
  */
 import type { Backend } from '../../src/pipeline/types.js';
 
-export type Op = 'read' | 'write' | 'trim' | 'zero' | 'sync';
+export type Op = 'read' | 'write' | 'writev' | 'trim' | 'zero' | 'sync';
 
 export interface BufferBackendOptions {
   readonly size: number;
@@ -15,6 +15,8 @@ export interface BufferBackendOptions {
   readonly withTrim?: boolean;
   /** Provide backend.zero (else the server emulates WRITE_ZEROES with writes). */
   readonly withZero?: boolean;
+  /** Provide backend.writev (the server then hands multi-chunk WRITE payloads over as pieces). */
+  readonly withWritev?: boolean;
   /** Milliseconds to hold a call; 0 settles on the next macrotask. */
   readonly delayMs?: (op: Op, off: number, length: number) => number;
   /** An error to fail a call with. */
@@ -28,7 +30,10 @@ export class BufferBackend implements Backend {
   readonly canMultiConn: boolean;
   readonly trim?: (off: number, length: number) => Promise<void>;
   readonly zero?: (off: number, length: number) => Promise<void>;
+  readonly writev?: (bufs: readonly Buffer[], off: number) => Promise<void>;
   readonly calls: { op: Op; off: number; length: number }[] = [];
+  /** Piece count of each writev call. */
+  readonly writevPieces: number[] = [];
   syncs = 0;
   inFlight = 0;
   maxInFlightSeen = 0;
@@ -43,6 +48,14 @@ export class BufferBackend implements Backend {
     this.canMultiConn = options.canMultiConn ?? false;
     if (options.withTrim === true) {
       this.trim = (off, length) => this.#run('trim', off, length, () => this.data.fill(0, off, off + length));
+    }
+    if (options.withWritev === true) {
+      this.writev = (bufs, off) => {
+        this.writevPieces.push(bufs.length);
+        const length = bufs.reduce((n, b) => n + b.length, 0);
+        // Copied only when the call runs (after a delay): the pieces must still be intact then.
+        return this.#run('writev', off, length, () => Buffer.concat(bufs).copy(this.data, off));
+      };
     }
     if (options.withZero === true) {
       this.zero = (off, length) => this.#run('zero', off, length, () => this.data.fill(0, off, off + length));

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import diagnosticsChannel from 'node:diagnostics_channel';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -27,6 +28,7 @@ import {
 } from '../../src/nbd/constants.js';
 import type { ListenAddress } from '../../src/nbd/listen-address.js';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
+import { makeTestCerts } from '../support/nbd-certs.js';
 import { BufferBackend, type BufferBackendOptions } from './support-backend.js';
 import { RawClient, openSession, readAt, readReply, sendRequest, type Session } from './support-client.js';
 
@@ -60,21 +62,119 @@ async function assertAlive(session: Session, handle = 999): Promise<void> {
   assert.deepEqual([reply.errno, reply.handle, reply.data?.length], [0, handle, 512]);
 }
 
+/** Sends `data` to a fresh server socket of the given kind and returns every 'data' chunk it got, kept as delivered. */
+async function collectChunks(kind: 'tcp' | 'unix' | 'tls', data: Buffer): Promise<Buffer[]> {
+  const chunks: Buffer[] = [];
+  const certs = kind === 'tls' ? await makeTestCerts(mkdtempSync(join(dir, 'certs-'))) : undefined;
+  const onSocket = (socket: Socket): void => {
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => socket.end());
+  };
+  const server = certs === undefined ? createServer(onSocket) : createTlsServer({ key: readFileSync(certs.serverKey), cert: readFileSync(certs.serverCert) }, onSocket);
+  const path = join(dir, 'chunks.sock');
+  await new Promise<void>((resolve) => server.listen(kind === 'unix' ? { path } : { host: '127.0.0.1', port: 0 }, resolve));
+  try {
+    const port = kind === 'unix' ? 0 : (server.address() as AddressInfo).port;
+    const client =
+      kind === 'unix' ? connect({ path }) : kind === 'tcp' ? connect({ host: '127.0.0.1', port }) : tlsConnect({ host: '127.0.0.1', port, ca: readFileSync(certs!.ca) });
+    client.resume();
+    for (let at = 0; at < data.length; at += 100_000) client.write(data.subarray(at, at + 100_000));
+    client.end();
+    await new Promise<void>((resolve, reject) => {
+      client.once('close', () => resolve());
+      client.once('error', reject);
+    });
+    return chunks;
+  } finally {
+    await new Promise((resolve) => server.close(resolve));
+  }
+}
+
 describe('Transmission over real sockets', () => {
   for (const kind of ['tcp', 'unix'] as const) {
-    test(`a 3 MiB write spanning many chunks reads back over ${kind}`, async () => {
-      const at = kind === 'tcp' ? TCP : { path: join(dir, 'rw.sock') };
-      const { address, backend } = await serve({}, {}, at);
+    for (const withWritev of [false, true]) {
+      const how = withWritev ? 'as pieces to backend.writev' : 'copied for backend.writeAt';
+      test(`a 3 MiB write spanning many chunks reads back over ${kind} (${how})`, async () => {
+        const at = kind === 'tcp' ? TCP : { path: join(dir, `rw-${withWritev}.sock`) };
+        const { address, backend } = await serve({ withWritev }, {}, at);
+        const session = await openSession(address, 'disk');
+        const data = pattern(3 * 1024 * 1024, 5);
+        sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 1, offset: 4096, payload: data });
+        assert.deepEqual(await readReply(session.client), { errno: 0, handle: 1 });
+        assert.deepEqual(backend.data.subarray(4096, 4096 + data.length), data);
+        assert.deepEqual(backend.calls.map((c) => [c.op, c.off, c.length]), [[withWritev ? 'writev' : 'write', 4096, data.length]]);
+        if (withWritev) assert.ok(backend.writevPieces[0]! > 1, 'the payload came in several chunks');
+        const reply = await readAt(session.client, 2, 4096, data.length);
+        assert.ok(reply.data!.equals(data));
+        session.client.destroy();
+      });
+    }
+  }
+
+  const chunkTransports = ['tcp', 'unix', 'tls'] as const;
+  for (const kind of chunkTransports) {
+    test(`socket 'data' chunks are never reused, so views of them stay valid (${kind})`, async () => {
+      const data = pattern(8 * 1024 * 1024, 9);
+      const chunks = await collectChunks(kind, data);
+      assert.ok(chunks.length > 8, `only ${chunks.length} chunks`);
+      assert.ok(Buffer.concat(chunks).equals(data), 'every chunk still holds what it was delivered with');
+      const byBuffer = new Map<ArrayBufferLike, [number, number][]>();
+      for (const c of chunks) {
+        const ranges = byBuffer.get(c.buffer) ?? [];
+        for (const [start, end] of ranges) assert.ok(c.byteOffset >= end || c.byteOffset + c.length <= start, 'two chunks share memory');
+        ranges.push([c.byteOffset, c.byteOffset + c.length]);
+        byBuffer.set(c.buffer, ranges);
+      }
+    });
+  }
+
+  for (const kind of ['tcp', 'unix'] as const) {
+    test(`pipelined writes of random sizes, held by a slow backend.writev, all land intact (${kind})`, async () => {
+      const at = kind === 'tcp' ? TCP : { path: join(dir, 'pipelined.sock') };
+      // Each call waits, so pieces are held while many later chunks arrive.
+      const { address, backend } = await serve({ withWritev: true, delayMs: (op) => (op === 'writev' ? 20 : 0) }, {}, at);
       const session = await openSession(address, 'disk');
-      const data = pattern(3 * 1024 * 1024, 5);
-      sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 1, offset: 4096, payload: data });
-      assert.deepEqual(await readReply(session.client), { errno: 0, handle: 1 });
-      assert.deepEqual(backend.data.subarray(4096, 4096 + data.length), data);
-      const reply = await readAt(session.client, 2, 4096, data.length);
-      assert.ok(reply.data!.equals(data));
+      const model = Buffer.alloc(backend.size);
+      let seed = 17;
+      const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+      const count = 40;
+      for (let i = 0, off = 0; i < count; i++) {
+        const length = 1 + Math.floor(random() * (random() < 0.3 ? 100 : 300 * 1024));
+        const payload = pattern(length, i);
+        payload.copy(model, off);
+        sendRequest(session.client, { type: NBD_CMD_WRITE, handle: i + 1, offset: off, payload });
+        off += length + Math.floor(random() * 5000);
+      }
+      const handles: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const reply = await readReply(session.client);
+        assert.equal(reply.errno, 0);
+        handles.push(reply.handle);
+      }
+      assert.deepEqual(handles.sort((a, b) => a - b), Array.from({ length: count }, (_, i) => i + 1));
+      assert.ok(backend.data.equals(model), 'the backend holds exactly what was written');
+      assert.ok(backend.writevPieces.some((n) => n > 1), 'some payloads came in several chunks');
       session.client.destroy();
     });
   }
+
+  test('a writev the backend fails is answered with EIO and the connection goes on', async () => {
+    const { address } = await serve({ withWritev: true, fail: (op) => (op === 'writev' ? new Error('disk on fire') : undefined) });
+    const session = await openSession(address);
+    sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 7, offset: 0, payload: pattern(1024 * 1024, 2) });
+    assert.deepEqual(await readReply(session.client), { errno: NBD_EIO, handle: 7 });
+    await assertAlive(session);
+    session.client.destroy();
+  });
+
+  test('a FUA write through writev is synced before its reply', async () => {
+    const { address, backend } = await serve({ withWritev: true });
+    const session = await openSession(address);
+    sendRequest(session.client, { type: NBD_CMD_WRITE, flags: NBD_CMD_FLAG_FUA, handle: 1, offset: 0, payload: pattern(1024 * 1024, 3) });
+    assert.equal((await readReply(session.client)).errno, 0);
+    assert.deepEqual(backend.calls.map((c) => c.op), ['writev', 'sync']);
+    session.client.destroy();
+  });
 
   test('replies go out as requests complete, not in request order', async () => {
     const { address } = await serve({ delayMs: (op, off) => (op === 'read' && off === 0 ? 150 : 0) });
