@@ -7,6 +7,12 @@ import { NbdServer, type NbdExport } from '../nbd/server.js';
 import { parseListenAddress } from '../nbd/listen-address.js';
 import { UsageError } from '../errors.js';
 import type { Backend } from '../pipeline/types.js';
+import type { Logger } from '../log.js';
+import { GrpcServer, checkListenerSecurity, type GrpcServerTls } from '../rpc/grpc-server.js';
+import { GRPC_LISTEN_FORMS, parseGrpcListenUri, type GrpcAddress } from '../rpc/grpc-address.js';
+import { DEFAULT_MAX_CHUNK_SIZE } from '../rpc/backend-service.js';
+import { BearerToken } from '../rpc/bearer-token.js';
+import { readPemFile } from '../rpc/pem-file.js';
 
 interface ServeFlags {
   backend: string;
@@ -18,12 +24,21 @@ interface ServeFlags {
   readOnly: boolean;
   maxPayload: number;
   maxInFlight: number;
+  listen: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  tokenFile?: string;
+  insecure: boolean;
+  maxChunkSize: number;
 }
 
 export function serveCommand(): Command {
   return new Command('r3map-serve')
-    .description('Serve a backend over NBD (the r3map gRPC service arrives with the remote-backends issue).\n' +
-      'Prints one line per listener on stdout when ready (an NBD URI), logs to stderr; SIGTERM drains, syncs and exits 0.')
+    .description('Serve a backend over gRPC (the r3map Backend service) and NBD at once.\n' +
+      'Prints one line per listener on stdout when ready (a grpc://, grpcs://, grpc+unix://, nbd:// or nbd+unix:// URI), logs to stderr;\n' +
+      'SIGTERM stops accepting, finishes in-flight calls, syncs the backend and exits 0.\n' +
+      'Without --listen and --nbd-listen it serves NBD on 127.0.0.1:10809.')
     .requiredOption('--backend <uri>', `what to serve: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', 'size of the resource (1GiB, 512MiB, 4096); needed for memory and new files', sizeArg)
     .addOption(new Option('--nbd-listen <address>', 'NBD listener, repeatable: host:port, [::1]:port, unix:/path').default([], '127.0.0.1:10809').argParser(collect))
@@ -32,11 +47,43 @@ export function serveCommand(): Command {
     .addOption(new Option('--export <name=uri>', 'an extra named export, repeatable (--size applies unless the URI has ?size=; --read-only applies)').default([], 'none').argParser(collect))
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
-    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg));
+    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg))
+    .addOption(new Option('--listen <uri>', `gRPC listener, repeatable: ${GRPC_LISTEN_FORMS}`).default([], 'none').argParser(collect))
+    .option('--tls-cert <path>', 'PEM certificate chain for grpcs:// listeners')
+    .option('--tls-key <path>', 'PEM private key for --tls-cert')
+    .option('--tls-client-ca <path>', 'PEM CA bundle: grpcs:// clients must present a certificate it signed (mutual TLS)')
+    .option('--token-file <path>', 'gRPC calls must carry "authorization: Bearer <the file\'s content>"')
+    .option('--insecure', 'allow plaintext grpc:// on TCP (grpc+unix:// is always plaintext)', false)
+    .addOption(new Option('--max-chunk-size <bytes>', 'most bytes one gRPC ReadAt or WriteAt may move').default(DEFAULT_MAX_CHUNK_SIZE, '32MiB').argParser(sizeArg));
+}
+
+interface GrpcSetup {
+  readonly addresses: readonly GrpcAddress[];
+  readonly tls?: GrpcServerTls;
+  readonly token?: BearerToken;
+}
+
+/** Parses and checks the gRPC flags and reads their files, before any backend is opened. */
+async function grpcSetup(flags: ServeFlags, log: Logger): Promise<GrpcSetup> {
+  const addresses = flags.listen.map((uri) => parseGrpcListenUri(uri));
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (flags.tlsClientCa !== undefined && flags.tlsCert === undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
+  const tls = flags.tlsCert === undefined || flags.tlsKey === undefined ? undefined : {
+    cert: await readPemFile(flags.tlsCert, '--tls-cert'),
+    key: await readPemFile(flags.tlsKey, '--tls-key'),
+    ...(flags.tlsClientCa !== undefined ? { clientCa: await readPemFile(flags.tlsClientCa, '--tls-client-ca') } : {}),
+  };
+  for (const address of addresses) checkListenerSecurity(address, { tls, insecure: flags.insecure });
+  if (tls !== undefined && !addresses.some((a) => a.scheme === 'grpcs')) log.warn('--tls-cert is given but no grpcs:// listener uses it');
+  const token = flags.tokenFile === undefined ? undefined : await BearerToken.fromFile(flags.tokenFile);
+  if (token !== undefined && flags.nbdListen.length > 0) log.warn('--token-file guards the gRPC listeners only; NBD clients are not asked for it');
+  return { addresses, ...(tls !== undefined ? { tls } : {}), ...(token !== undefined ? { token } : {}) };
 }
 
 async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promise<number> {
+  const grpcFlags = await grpcSetup(flags, log);
   const opened: Backend[] = [];
+  let closeFailed = false;
   // --size applies to every export whose URI does not carry its own ?size=.
   const open = async (uri: string): Promise<Backend> => {
     const size = parseBackendUri(uri).size ?? flags.size;
@@ -57,10 +104,25 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
       exports.push({ name: spec.slice(0, eq), backend: await open(spec.slice(eq + 1)), readOnly: flags.readOnly });
     }
     if (flags.maxInFlight === 0) throw new UsageError('--max-in-flight must be at least 1');
-    const listens = flags.nbdListen.length ? flags.nbdListen : ['127.0.0.1:10809'];
+    const listens = flags.nbdListen.length > 0 || grpcFlags.addresses.length > 0 ? flags.nbdListen : ['127.0.0.1:10809'];
     const addresses = listens.map((a) => parseListenAddress(a));
     const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, log });
+    // gRPC serves the first export (the Backend service has no export names).
+    const grpcServer = grpcFlags.addresses.length === 0 ? undefined : new GrpcServer({
+      backend: exports[0]!.backend,
+      maxChunkSize: flags.maxChunkSize,
+      readOnly: flags.readOnly,
+      insecure: flags.insecure,
+      log,
+      ...(grpcFlags.tls !== undefined ? { tls: grpcFlags.tls } : {}),
+      ...(grpcFlags.token !== undefined ? { token: grpcFlags.token } : {}),
+    });
     try {
+      for (const address of grpcFlags.addresses) {
+        const uri = await grpcServer!.listen(address);
+        log.info({ listen: uri, size: exports[0]!.backend.size }, 'serving gRPC');
+        process.stdout.write(`${uri}\n`);
+      }
       for (const address of addresses) {
         const bound = await server.listen(address);
         const name = encodeURIComponent(flags.exportName);
@@ -70,9 +132,16 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
       }
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     } finally {
-      await server.close();
+      // Both stop accepting at once; the gRPC server also finishes its calls and syncs the backend.
+      const closed = await Promise.allSettled([server.close(), grpcServer?.close()]);
+      for (const r of closed) {
+        if (r.status === 'rejected') {
+          closeFailed = true;
+          log.error({ err: r.reason }, 'closing a server failed');
+        }
+      }
     }
-    return 0;
+    return closeFailed ? 1 : 0;
   } finally {
     const results = await Promise.allSettled(opened.map((b) => b.close()));
     for (const r of results) if (r.status === 'rejected') log.error({ err: r.reason }, 'closing a backend failed');

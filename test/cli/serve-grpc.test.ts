@@ -1,6 +1,7 @@
 /**
  * r3map-serve with gRPC listeners: one backend over gRPC and NBD at once, SIGTERM exits 0 after
- * syncing, and plaintext TCP without --insecure is a usage error (exit 2).
+ * syncing, TLS + mutual TLS + token from the command line, and plaintext TCP without --insecure
+ * is a usage error (exit 2).
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,8 +11,11 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { GrpcBackend } from '../../src/backends/grpc.js';
 import { NbdClient } from '../../src/nbd/client.js';
+import { BackendError } from '../../src/errors.js';
 import { pattern } from '../support/rwat-suite.js';
-import { makeTempDir, removeDir, runTool, SERVE_BIN } from '../support/tools.js';
+import { makeTempDir, removeDir, requireTool, runTool, SERVE_BIN } from '../support/tools.js';
+import { makeTestCerts } from '../support/nbd-certs.js';
+import { makeExpiredClientCert } from '../support/expired-cert.js';
 
 const MiB = 1024 * 1024;
 
@@ -98,6 +102,40 @@ describe('r3map-serve with gRPC', () => {
     } finally {
       const code = await serve.stop();
       assert.equal(code, 0, `exit code after SIGTERM\nstderr: ${serve.stderr()}`);
+    }
+  });
+
+  it('serves grpcs with mutual TLS and a token from its flags, and refuses what it should', async (t) => {
+    if (!requireTool(t, 'openssl')) return;
+    const certs = await makeTestCerts(await makeTempDir('r3map-serve-certs-'));
+    const expired = await makeExpiredClientCert(certs);
+    const wrongToken = path.join(dir!, 'wrong-token');
+    await writeFile(wrongToken, 'not-the-token\n');
+    const serve = await start([
+      '--backend', 'memory:?size=1MiB', '--listen', 'grpcs://127.0.0.1:0', '--tls-cert', certs.serverCert, '--tls-key', certs.serverKey,
+      '--tls-client-ca', certs.ca, '--token-file', path.join(dir!, 'token'),
+    ], 1);
+    try {
+      assert.match(serve.uris[0]!, /^grpcs:\/\/127\.0\.0\.1:\d+$/);
+      const target = { host: '127.0.0.1', port: Number(new URL(serve.uris[0]!).port) };
+      const tls = { ca: certs.ca, cert: certs.clientCert, key: certs.clientKey };
+      const good = await GrpcBackend.open({ target, tls, tokenFile: path.join(dir!, 'token') });
+      await good.writeAt(pattern(4096, 3), 0);
+      await good.close();
+      const refused = [
+        { name: 'a wrong token', options: { tls, tokenFile: wrongToken }, text: /refused our token \(wrong token\?\)/ },
+        { name: 'no client certificate', options: { tls: { ca: certs.ca }, tokenFile: path.join(dir!, 'token') }, text: /cannot reach the server/ },
+        { name: 'an unknown CA', options: { tls: { ca: certs.ca, cert: certs.strangerCert, key: certs.strangerKey }, tokenFile: path.join(dir!, 'token') }, text: /cannot reach the server/ },
+        { name: 'an expired certificate', options: { tls: { ca: certs.ca, ...expired }, tokenFile: path.join(dir!, 'token') }, text: /cannot reach the server/ },
+      ];
+      for (const c of refused) {
+        await assert.rejects(GrpcBackend.open({ target, connectTimeoutMs: 3000, ...c.options }),
+          (err: Error) => err instanceof BackendError && c.text.test(err.message), c.name);
+      }
+    } finally {
+      const code = await serve.stop();
+      assert.equal(code, 0, `exit code after SIGTERM\nstderr: ${serve.stderr()}`);
+      await removeDir(certs.dir);
     }
   });
 
