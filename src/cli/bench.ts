@@ -3,6 +3,7 @@ import { runCommand, type CommandContext } from './run.js';
 import type { BenchScenario } from '../bench/scenario.js';
 import { nbdScenario } from '../bench/nbd.js';
 import { deviceScenario } from '../bench/mount-device.js';
+import { mountScenario } from '../bench/mount.js';
 import { backendsScenario } from '../bench/backends.js';
 import { uffdScenario } from '../bench/uffd.js';
 
@@ -10,6 +11,7 @@ import { uffdScenario } from '../bench/uffd.js';
 const SCENARIOS: readonly BenchScenario[] = [
   nbdScenario,
   deviceScenario,
+  mountScenario,
   backendsScenario,
   uffdScenario,
 ];

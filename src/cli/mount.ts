@@ -4,6 +4,7 @@ import { runCommand, EXIT, type CommandContext } from './run.js';
 import { countArg, durationArg, sizeArg } from './options.js';
 import { formatRate, ProgressLine, RateMeter } from './progress.js';
 import { notifyReady } from './sd-notify.js';
+import { openBackend } from '../backends/open.js';
 import { ACCEPTED_BACKEND_URIS } from '../backends/uri.js';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -14,7 +15,9 @@ import { disconnectFuseLoop } from '../mount/fuse-loop.js';
 import type { ManagedMountStats } from '../mount/managed.js';
 import { MANAGED_DEFAULTS } from '../mount/managed-options.js';
 import { ManagedPathMount } from '../mount/managed-path.js';
+import { LatencyBackend } from '../pipeline/latency.js';
 import { pullPriorityNames, type PullPriorityName } from '../pipeline/pull-priority.js';
+import type { Backend } from '../pipeline/types.js';
 import { formatSize } from '../util/size.js';
 import { TRANSPORTS, transportOfDevice, type Transport } from '../mount/transport.js';
 
@@ -45,7 +48,7 @@ interface MountFlags {
 }
 
 /** Flags that mean something only with --managed (their attribute names). */
-const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'hotRangesFile', 'pullFirst', 'pushWorkers', 'pushInterval', 'stateInterval', 'latency', 'resetCache', 'remoteId', 'statusInterval'] as const;
+const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'hotRangesFile', 'pullFirst', 'pushWorkers', 'pushInterval', 'stateInterval', 'resetCache', 'remoteId', 'statusInterval'] as const;
 
 export function mountCommand(): Command {
   return new Command('r3map-mount')
@@ -73,7 +76,7 @@ export function mountCommand(): Command {
     .addOption(new Option('--push-workers <n>', 'managed: push workers; 0 = no pusher: writes stay in the cache and are NEVER pushed to the remote').default(MANAGED_DEFAULTS.pushWorkers).argParser(countArg))
     .addOption(new Option('--push-interval <duration>', 'managed: push dirty chunks this often (5s, 250ms); 0 = only on SIGTERM/exit').default(MANAGED_DEFAULTS.pushIntervalMs, '5s').argParser(durationArg))
     .addOption(new Option('--state-interval <duration>', 'managed, file cache: save which chunks are local this often when they changed; 0 = only on flush and exit').default(MANAGED_DEFAULTS.stateIntervalMs, '1s').argParser(durationArg))
-    .addOption(new Option('--latency <duration>', 'managed: add this round trip to every remote call (tests, benchmarks); 0 = none').default(0, '0').argParser(durationArg))
+    .addOption(new Option('--latency <duration>', 'add this round trip to every backend call (tests, benchmarks; managed: every pull and push, direct: every request); 0 = none').default(0, '0').argParser(durationArg))
     .option('--reset-cache', 'managed: discard the cache state: pull everything again (writes not pushed yet are lost)', false)
     .option('--remote-id <name>', 'managed: the name the cache state records for the remote (default: the --backend URI, password redacted)')
     .addOption(new Option('--status-interval <duration>', 'managed: also print the SIGUSR1 status line this often; 0 = never').default(0, '0').argParser(durationArg))
@@ -98,7 +101,7 @@ async function mount(flags: MountFlags, ctx: CommandContext, given: (flag: strin
   const stray = MANAGED_ONLY.find((name) => given(name));
   if (stray !== undefined) throw new UsageError(`--${kebab(stray)} needs --managed`);
   const mounted = new DirectPathMount({
-    backendUri: flags.backend,
+    ...(flags.latency > 0 ? { backend: await openWithLatency(flags.backend, flags, log) } : { backendUri: flags.backend }),
     ...(flags.size !== undefined ? { size: flags.size } : {}),
     readOnly: flags.readOnly,
     chunkSize: flags.chunkSize ?? 0,
@@ -129,6 +132,13 @@ async function mount(flags: MountFlags, ctx: CommandContext, given: (flag: strin
     await mounted.close();
   }
   return code;
+}
+
+/** Direct mode with --latency: the backend behind a LatencyBackend (the mount takes it over and closes it). */
+async function openWithLatency(uri: string, flags: MountFlags, log: Logger): Promise<Backend> {
+  const backend = await openBackend(uri, { ...(flags.size !== undefined ? { size: flags.size } : {}), readOnly: flags.readOnly });
+  log.info({ latencyMs: flags.latency }, `simulated backend latency: ${flags.latency} ms per call`);
+  return new LatencyBackend(backend, { readLatencyMs: flags.latency, writeLatencyMs: flags.latency });
 }
 
 async function disconnect(device: string, log: Logger): Promise<number> {
