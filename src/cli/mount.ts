@@ -110,28 +110,40 @@ async function mount(flags: MountFlags, ctx: CommandContext, given: (flag: strin
     loopDirectIo: flags.loopDirectIo,
     log,
   });
-  let readyFile: string | undefined;
-  let code: number = EXIT.OK;
   try {
     const path = await mounted.open();
     if (signal.aborted) return EXIT.OK;
-    if (flags.readyFile !== undefined) {
-      await writeAtomically(flags.readyFile, `${path}\n`);
-      readyFile = flags.readyFile;
-    }
-    process.stdout.write(`${path}\n`);
-    // ---- notifyReady(): sd_notify(READY=1) when run by systemd (NOTIFY_SOCKET) ----
-    await notifyReady(log);
-    const lost = await Promise.race([untilAborted(signal), mounted.closed]);
-    if (lost !== undefined) {
-      log.error({ err: lost, device: path }, `the device went away: ${lost.message}`);
-      code = EXIT.FAILURE;
-    }
+    return await announceAndWait(path, flags.readyFile, mounted.closed, ctx);
   } finally {
-    if (readyFile !== undefined) await rm(readyFile, { force: true });
     await mounted.close();
   }
-  return code;
+}
+
+/**
+ * Tells the caller a device is ready (the ready file, one line on stdout, sd_notify READY=1), then
+ * waits for a shutdown signal or the device's loss; removes the ready file before it returns.
+ */
+async function announceAndWait(
+  path: string,
+  readyFile: string | undefined,
+  closed: Promise<Error | undefined>,
+  { log, signal }: CommandContext,
+): Promise<number> {
+  let written = false;
+  try {
+    if (readyFile !== undefined) {
+      await writeAtomically(readyFile, `${path}\n`);
+      written = true;
+    }
+    process.stdout.write(`${path}\n`);
+    await notifyReady(log);
+    const lost = await Promise.race([untilAborted(signal), closed]);
+    if (lost === undefined) return EXIT.OK;
+    log.error({ err: lost, device: path }, `the device went away: ${lost.message}`);
+    return EXIT.FAILURE;
+  } finally {
+    if (written && readyFile !== undefined) await rm(readyFile, { force: true });
+  }
 }
 
 /** Direct mode with --latency: the backend behind a LatencyBackend (the mount takes it over and closes it). */
@@ -199,27 +211,14 @@ async function mountManaged(flags: MountFlags, { log, signal }: CommandContext, 
   const printStatus = (): void => void process.stderr.write(`${status?.line() ?? 'r3map-mount: status: not ready yet'}\n`);
   process.on('SIGUSR1', printStatus);
   let interval: NodeJS.Timeout | undefined;
-  let readyFile: string | undefined;
-  let code: number = EXIT.OK;
   try {
     const path = await mounted.open();
     status = new StatusLine(mounted);
     if (flags.statusInterval > 0) interval = setInterval(printStatus, flags.statusInterval).unref();
     if (signal.aborted) return EXIT.OK;
-    if (flags.readyFile !== undefined) {
-      await writeAtomically(flags.readyFile, `${path}\n`);
-      readyFile = flags.readyFile;
-    }
-    process.stdout.write(`${path}\n`);
-    await notifyReady(log);
-    const lost = await Promise.race([untilAborted(signal), mounted.closed]);
-    if (lost !== undefined) {
-      log.error({ err: lost, device: path }, `the device went away: ${lost.message}`);
-      code = EXIT.FAILURE;
-    }
+    return await announceAndWait(path, flags.readyFile, mounted.closed, { log, signal });
   } finally {
     clearInterval(interval);
-    if (readyFile !== undefined) await rm(readyFile, { force: true });
     if (status !== undefined) log.info('closing: pushing every dirty chunk, then detaching');
     try {
       await mounted.close();
@@ -228,7 +227,6 @@ async function mountManaged(flags: MountFlags, { log, signal }: CommandContext, 
       if (status !== undefined) printStatus();
     }
   }
-  return code;
 }
 
 /** The SIGUSR1 line: local %, dirty chunks, pull and push rates since the last line. */
