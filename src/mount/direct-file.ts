@@ -8,11 +8,12 @@
  * flight on the handle below UV_THREADPOOL_SIZE (default 4), or use DirectSliceMount, whose
  * server runs on its own thread.
  */
-import { constants, open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { ClosedError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DirectPathMount } from './direct-path.js';
 import type { DirectMountOptions } from './direct.js';
+import { openDeviceFile } from './open-device-file.js';
 
 export interface DirectFileMountOptions extends DirectMountOptions {
   /** Open the device with O_DIRECT (no page cache); default false. */
@@ -41,14 +42,7 @@ export class DirectFileMount {
   }
 
   async #open(): Promise<FileHandle> {
-    const path = await this.#mount.open();
-    const flags = (this.#mount.options.readOnly ? constants.O_RDONLY : constants.O_RDWR) | (this.oDirect ? constants.O_DIRECT : 0);
-    try {
-      this.#handle = await open(path, flags);
-    } catch (err) {
-      await this.#mount.close().catch((closeErr: unknown) => this.#log.error({ err: closeErr }, 'closing the mount after a failed open failed'));
-      throw err;
-    }
+    this.#handle = await openDeviceFile(this.#mount, this.#mount.options.readOnly, this.oDirect, (closeErr: unknown) => this.#log.error({ err: closeErr }, 'closing the mount after a failed open failed'));
     return this.#handle;
   }
 

@@ -6,11 +6,12 @@
  * The handle's I/O runs on the libuv threadpool, and so does a file cache's: keep the calls in
  * flight on the handle below UV_THREADPOOL_SIZE (default 4), as with DirectFileMount.
  */
-import { constants, open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { ClosedError } from '../errors.js';
 import type { AttachDevice, ManagedMountStats } from './managed.js';
 import type { ManagedMountOptions } from './managed-options.js';
 import { ManagedPathMount } from './managed-path.js';
+import { openDeviceFile } from './open-device-file.js';
 
 export interface ManagedFileMountOptions extends ManagedMountOptions {
   /** Open the device with O_DIRECT (aligned buffers only); default false. */
@@ -54,14 +55,7 @@ export class ManagedFileMount {
   }
 
   async #open(): Promise<FileHandle> {
-    const path = await this.#mount.open();
-    const flags = (this.#mount.options.readOnly ? constants.O_RDONLY : constants.O_RDWR) | (this.oDirect ? constants.O_DIRECT : 0);
-    try {
-      this.#handle = await open(path, flags);
-    } catch (err) {
-      await this.#mount.close().catch(() => undefined); // the open error is the one to report
-      throw err;
-    }
+    this.#handle = await openDeviceFile(this.#mount, this.#mount.options.readOnly, this.oDirect, () => undefined /* the open error is the one to report */);
     return this.#handle;
   }
 
