@@ -8,7 +8,11 @@ export { parseSize, parseDurationMs, formatSize } from './util/size.js';
 // Pipeline stages
 export { ArbitraryReadWriterAt } from './pipeline/arbitrary.js';
 export { ChunkedReadWriterAt } from './pipeline/chunked.js';
+export { ChunkTable, RemoteSync, PullState } from './pipeline/chunk-table.js';
+export { ChunkState } from './pipeline/chunk-state.js';
 export { SyncedReadWriterAt } from './pipeline/synced.js';
+export { WriteMarks, type WriteGate } from './pipeline/write-marks.js';
+export { RemoteStage } from './pipeline/remote-stage.js';
 export { TrackingReadWriterAt } from './pipeline/tracking.js';
 export { LockableReadWriterAt } from './pipeline/lockable.js';
 export { LatencyReadWriterAt, LatencyBackend } from './pipeline/latency.js';
@@ -23,10 +27,11 @@ export { MemoryBackend } from './backends/memory.js';
 export { FileBackend } from './backends/file.js';
 export { DirectoryBackend } from './backends/directory.js';
 export { ChunkStoreBackend, type ChunkStore } from './backends/chunk-store.js';
+export { openComposed, composeBackend, ComposedBackend } from './mount/compose.js';
 
 // NBD
 export { NbdServer, type NbdExport, type NbdServerOptions } from './nbd/server.js';
-export { NbdClient } from './nbd/client.js';
+export { NbdClient } from './nbd-client/client.js';
 export { parseListenAddress, formatListenAddress, type ListenAddress } from './nbd/listen-address.js';
 
 // Kernel devices, mounts and memory regions
@@ -36,4 +41,4 @@ export { DirectFileMount } from './mount/direct-file.js';
 export { DirectSliceMount } from './mount/direct-slice.js';
 export { ManagedPathMount } from './mount/managed-path.js';
 export { ManagedFileMount } from './mount/managed-file.js';
-export { mapReader, UffdMap } from './mount/uffd-map.js';
+export { mapReader, UffdMap } from './uffd/map.js';

@@ -16,13 +16,14 @@
  *   (matched by class and error code, never by message text); anything else fails at once.
  * - A stored row whose length is not the chunk's length rejects (a resource written with another
  *   chunk size), except a full-size last chunk, which r3map may have padded.
- * Arbitrary ranges, chunk locking, concurrency caps and zero-fill come from ChunkStoreBackend.
+ * Whole-chunk calls (blockSize = chunkSize), concurrency caps and zero-fill come from
+ * ChunkStoreBackend; any range and chunk locking from mount/compose.ts (openComposed).
  */
 import cassandra from 'cassandra-driver';
 import { BackendError, TimeoutError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { ChunkStoreBackend, type ChunkStore } from './chunk-store.js';
-import { withRetry, type RetryOptions } from './retry.js';
+import { withRetry, type RetryOptions } from '../util/retry.js';
 
 const { Client, auth, errors, policies, types } = cassandra;
 

@@ -1,27 +1,31 @@
 /**
  * ChunkStoreBackend: a Backend over a key-value store that holds one value per chunk (Redis,
- * S3, Cassandra). The store only sees whole chunks; this class does the rest.
+ * S3, Cassandra). It delivers what the store natively accepts, whole chunks, and declares it
+ * (`blockSize` = chunkSize); mount/compose.ts puts ArbitraryReadWriterAt in front of it for
+ * callers that need any range (openComposed, composeBackend).
  *
  * Guarantees:
- * - Any (off, length) inside [0, size) is split into whole chunks by ArbitraryReadWriterAt:
- *   partial-chunk writes are read-modify-write under that chunk's lock; outside the range
- *   rejects with OutOfRangeError before the store is touched.
+ * - readAt/writeAt take exactly one whole chunk each (chunk i = [i*chunkSize, min((i+1)*chunkSize,
+ *   size)), the last one may be short); anything else rejects before the store is touched, with
+ *   OutOfRangeError, MisalignedError or BadLengthError (as ChunkedReadWriterAt does).
+ * - trim/zero take whole chunks (a run of them; the end may be `size`), else they reject the same
+ *   way: each chunk is deleted (deleteChunk, or a write of zeros when the store has none), at most
+ *   `maxInFlight` at once.
  * - A chunk the store does not have (readChunk resolved false) reads as zeros, even into a
  *   dirty buffer (r3map's sparse backends returned the previous chunk's bytes instead).
  * - At most `maxInFlight` chunk calls reach the store at once (0 = no cap); the rest queue.
- * - trim/zero: whole chunks are deleted (deleteChunk, or a write of zeros when the store has
- *   none), under the same chunk lock as an RMW; partial chunks get zeros written.
  * - Store errors reject as BackendError ({ backend: store.name, op, off, length }, cause).
  * - Writes, trim and zero reject with ReadOnlyError when readOnly; every call after close()
  *   rejects with ClosedError; close() waits for calls in flight, then closes the store; idempotent.
- * Assumes of the store: whole chunks only (chunk i = [i*chunkSize, min((i+1)*chunkSize, size))),
- * concurrent calls are fine, and it keeps no view of the buffers it is given.
+ * Assumes of the store: whole chunks only, concurrent calls are fine, and it keeps no view of
+ * the buffers it is given.
  */
-import { BackendError, ClosedError, OutOfRangeError, R3mapError, ReadOnlyError, UsageError } from '../errors.js';
+import { BackendError, MisalignedError, OutOfRangeError, R3mapError, ReadOnlyError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
-import { resolveGeometry } from '../pipeline/chunked.js';
-import type { Backend, ReadWriterAt } from '../pipeline/types.js';
+import { resolveGeometry, wholeChunkError } from '../pipeline/chunked.js';
+import type { Backend } from '../pipeline/types.js';
+import { CallGate } from '../util/call-gate.js';
+import { checkChunkSize, chunkLength } from '../util/chunks.js';
 
 /** A store of whole chunks; `index` is the chunk number and `off` = index * chunkSize. */
 export interface ChunkStore {
@@ -39,7 +43,7 @@ export interface ChunkStore {
 export interface ChunkStoreBackendOptions {
   /** Bytes in the target (>= 0). */
   readonly size: number;
-  /** Bytes per stored chunk (> 0). */
+  /** Bytes per stored chunk, 1 byte to 1 GiB. */
   readonly chunkSize: number;
   readonly readOnly?: boolean;
   /** Concurrent chunk calls to the store; default 16, 0 = no cap. */
@@ -57,58 +61,26 @@ interface ResolvedChunkStoreBackendOptions {
   readonly canMultiConn: boolean;
 }
 
-/** Whole-chunk calls onto the store, at most `max` at once; a write of `marker` deletes. */
-class StoreChunks implements ReadWriterAt {
-  readonly #store: ChunkStore;
-  readonly #chunkSize: number;
+/** At most `max` store calls at once; the rest wait in order. */
+class Slots {
   readonly #max: number;
-  /** Whole-chunk writes whose bytes live in this ArrayBuffer are trims. */
-  readonly #marker: ArrayBufferLike;
   #inFlight = 0;
   readonly #waiters: Array<() => void> = [];
 
-  constructor(store: ChunkStore, chunkSize: number, max: number, marker: Buffer) {
-    this.#store = store;
-    this.#chunkSize = chunkSize;
+  constructor(max: number) {
     this.#max = max === 0 ? Number.POSITIVE_INFINITY : max;
-    this.#marker = marker.buffer;
   }
 
-  async readAt(buf: Buffer, off: number): Promise<void> {
+  async run<T>(call: () => Promise<T>): Promise<T> {
     if (this.#inFlight < this.#max) this.#inFlight++;
-    else await this.#slot();
+    else await new Promise<void>((resolve) => this.#waiters.push(resolve)); // #release hands its slot over
     try {
-      if (!(await this.#store.readChunk(off / this.#chunkSize, off, buf))) buf.fill(0);
-    } catch (err) {
-      throw wrapStoreError(this.#store.name, err, 'read', off, buf.length);
+      return await call();
     } finally {
-      this.#release();
+      const next = this.#waiters.shift();
+      if (next !== undefined) next();
+      else this.#inFlight--;
     }
-  }
-
-  async writeAt(buf: Buffer, off: number): Promise<void> {
-    if (this.#inFlight < this.#max) this.#inFlight++;
-    else await this.#slot();
-    const trim = buf.buffer === this.#marker && this.#store.deleteChunk !== undefined;
-    try {
-      if (trim) await this.#store.deleteChunk!(off / this.#chunkSize, off);
-      else await this.#store.writeChunk(off / this.#chunkSize, off, buf);
-    } catch (err) {
-      throw wrapStoreError(this.#store.name, err, trim ? 'trim' : 'write', off, buf.length);
-    } finally {
-      this.#release();
-    }
-  }
-
-  /** Waits for a slot; #release hands its slot over, so #inFlight stays as it is. */
-  #slot(): Promise<void> {
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  #release(): void {
-    const next = this.#waiters.shift();
-    if (next !== undefined) next();
-    else this.#inFlight--;
   }
 }
 
@@ -122,22 +94,21 @@ export function wrapStoreError(backend: string, err: unknown, op: string, off?: 
 export class ChunkStoreBackend implements Backend {
   readonly size: number;
   readonly chunkSize: number;
+  /** What it accepts natively: whole chunks (the last one short). */
+  readonly blockSize: number;
   readonly readOnly: boolean;
   readonly maxInFlight: number;
   readonly canMultiConn: boolean;
   readonly options: ResolvedChunkStoreBackendOptions;
   readonly #store: ChunkStore;
-  readonly #arbitrary: ArbitraryReadWriterAt;
-  /** All zeros, one chunk long; its ArrayBuffer marks trims for StoreChunks. */
+  readonly #slots: Slots;
+  /** All zeros, one chunk long: what a trim writes when the store cannot delete. */
   readonly #zeros: Buffer;
   readonly #log: Logger;
-  #closed = false;
-  #closing: Promise<void> | undefined;
-  #inFlight = 0;
-  #drained: (() => void) | undefined;
+  readonly #gate: CallGate;
 
   constructor(store: ChunkStore, options: ChunkStoreBackendOptions) {
-    const { chunkSize, size } = resolveGeometry(options);
+    const { chunkSize, size } = resolveGeometry({ chunkSize: checkChunkSize(options.chunkSize, 'chunkSize'), size: options.size });
     const maxInFlight = options.maxInFlight ?? 16;
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 0) {
       throw new UsageError(`maxInFlight must be a whole number >= 0 (0 = no cap), got ${maxInFlight}`);
@@ -151,13 +122,15 @@ export class ChunkStoreBackend implements Backend {
     });
     this.size = size;
     this.chunkSize = chunkSize;
+    this.blockSize = chunkSize;
     this.readOnly = this.options.readOnly;
     this.maxInFlight = maxInFlight;
     this.canMultiConn = this.options.canMultiConn;
     this.#store = store;
+    this.#slots = new Slots(maxInFlight);
+    this.#gate = new CallGate(`${store.name} backend`);
     this.#log = (options.log ?? silentLogger).child({ component: 'chunk-store', backend: store.name });
-    this.#zeros = Buffer.alloc(chunkSize); // Buffer.alloc never uses the shared pool: its own ArrayBuffer
-    this.#arbitrary = new ArbitraryReadWriterAt(new StoreChunks(store, chunkSize, maxInFlight, this.#zeros), { chunkSize, size });
+    this.#zeros = Buffer.alloc(chunkSize);
   }
 
   /** The store underneath (for tests and diagnostics). */
@@ -165,31 +138,36 @@ export class ChunkStoreBackend implements Backend {
     return this.#store;
   }
 
+  /** Reads exactly one whole chunk; a chunk the store does not have reads as zeros. */
   async readAt(buf: Buffer, off: number): Promise<void> {
     this.#enter(false);
     try {
-      await this.#arbitrary.readAt(buf, off);
+      this.#checkChunk(off, buf.length);
+      const found = await this.#call('read', off, buf.length, () => this.#store.readChunk(off / this.chunkSize, off, buf));
+      if (!found) buf.fill(0);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
+  /** Writes exactly one whole chunk. */
   async writeAt(buf: Buffer, off: number): Promise<void> {
     this.#enter(true);
     try {
-      await this.#arbitrary.writeAt(buf, off);
+      this.#checkChunk(off, buf.length);
+      await this.#call('write', off, buf.length, () => this.#store.writeChunk(off / this.chunkSize, off, buf));
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
-  /** Deletes whole chunks and writes zeros over partial ones; afterwards the range reads as zeros. */
+  /** Deletes a run of whole chunks (writes zeros when the store cannot delete); afterwards they read as zeros. */
   async trim(off: number, length: number): Promise<void> {
     this.#enter(true);
     try {
       await this.#discard(off, length);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
@@ -205,42 +183,50 @@ export class ChunkStoreBackend implements Backend {
     } catch (err) {
       throw wrapStoreError(this.#store.name, err, 'sync');
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
   close(): Promise<void> {
-    this.#closed = true;
-    this.#closing ??= this.#close();
-    return this.#closing;
+    return this.#gate.close(async () => {
+      try {
+        await this.#store.close();
+      } catch (err) {
+        this.#log.warn({ err }, 'closing the store failed');
+        throw wrapStoreError(this.#store.name, err, 'close');
+      }
+    });
   }
 
-  async #close(): Promise<void> {
-    if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+  /** One store call in a slot, its error wrapped. */
+  async #call<T>(op: string, off: number, length: number, call: () => Promise<T>): Promise<T> {
     try {
-      await this.#store.close();
+      return await this.#slots.run(call);
     } catch (err) {
-      this.#log.warn({ err }, 'closing the store failed');
-      throw wrapStoreError(this.#store.name, err, 'close');
+      throw wrapStoreError(this.#store.name, err, op, off, length);
     }
   }
 
-  /** One chunk's piece at a time per worker, `maxInFlight` workers (trims can be huge). */
+  /** One chunk per worker at a time, `maxInFlight` workers (trims can be huge). */
   async #discard(off: number, length: number): Promise<void> {
     if (!Number.isSafeInteger(off) || !Number.isSafeInteger(length) || off < 0 || length < 0 || off + length > this.size) {
       throw new OutOfRangeError(off, length, this.size);
     }
     const end = off + length;
     const chunkSize = this.chunkSize;
+    if (off % chunkSize !== 0) throw new MisalignedError(off, chunkSize);
+    if (end !== this.size && end % chunkSize !== 0) throw new MisalignedError(end, chunkSize);
+    const trim = this.#store.deleteChunk !== undefined;
     let next = off;
     let failed = false;
     const worker = async (): Promise<void> => {
       while (next < end && !failed) {
         const pos = next;
-        const stop = Math.min(end, (Math.floor(pos / chunkSize) + 1) * chunkSize);
-        next = stop;
+        const n = chunkLength(pos, this.size, chunkSize);
+        next = pos + n;
         try {
-          await this.#arbitrary.writeAt(this.#zeros.subarray(0, stop - pos), pos);
+          if (trim) await this.#call('trim', pos, n, () => this.#store.deleteChunk!(pos / chunkSize, pos));
+          else await this.#call('write', pos, n, () => this.#store.writeChunk(pos / chunkSize, pos, this.#zeros.subarray(0, n)));
         } catch (err) {
           failed = true;
           throw err;
@@ -252,16 +238,14 @@ export class ChunkStoreBackend implements Backend {
     for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
-  #enter(write: boolean): void {
-    if (this.#closed) throw new ClosedError(`${this.#store.name} backend`);
-    if (write && this.readOnly) throw new ReadOnlyError(`${this.#store.name} backend`);
-    this.#inFlight++;
+  #checkChunk(off: number, length: number): void {
+    const err = wholeChunkError(off, length, this.chunkSize, this.size);
+    if (err !== undefined) throw err;
   }
 
-  #leave(): void {
-    if (--this.#inFlight === 0 && this.#drained !== undefined) {
-      this.#drained();
-      this.#drained = undefined;
-    }
+  #enter(write: boolean): void {
+    this.#gate.assertOpen();
+    if (write && this.readOnly) throw new ReadOnlyError(`${this.#store.name} backend`);
+    this.#gate.enter();
   }
 }

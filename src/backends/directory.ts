@@ -15,13 +15,15 @@
 import { constants, type FileHandle, mkdir, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend } from '../pipeline/types.js';
-import { BackendError, ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
+import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
+import { CallGate } from '../util/call-gate.js';
+import { DEFAULT_CHUNK_SIZE, checkChunkSize } from '../util/chunks.js';
 import { FdCache, type FdLease } from './fd-cache.js';
 
 export interface DirectoryBackendOptions {
   /** Size in bytes. */
   readonly size: number;
-  /** Bytes per chunk file; default 64 KiB. */
+  /** Bytes per chunk file, 1 byte to 1 GiB; default DEFAULT_CHUNK_SIZE (64 KiB). */
   readonly chunkSize?: number;
   /** Cap on open chunk files; default 512, 0 = no cap. */
   readonly maxOpenFiles?: number;
@@ -55,10 +57,7 @@ export class DirectoryBackend implements Backend {
   /** Chunk files written since the last sync. */
   #dirty = new Set<string>();
   #dirChanged = false;
-  #closed = false;
-  #closing: Promise<void> | undefined;
-  #inFlight = 0;
-  #drained: (() => void) | undefined;
+  readonly #gate = new CallGate('directory backend');
 
   private constructor(dir: string, dirHandle: FileHandle, options: ResolvedDirectoryBackendOptions) {
     this.dir = dir;
@@ -71,13 +70,11 @@ export class DirectoryBackend implements Backend {
   }
 
   static async open(dir: string, options: DirectoryBackendOptions): Promise<DirectoryBackend> {
-    const { size, chunkSize = 64 * 1024, maxOpenFiles = 512, readOnly = false } = options;
+    const { size, chunkSize = DEFAULT_CHUNK_SIZE, maxOpenFiles = 512, readOnly = false } = options;
     if (!Number.isSafeInteger(size) || size < 0) {
       throw new UsageError(`directory backend size is out of range (0..2^53-1): ${size}`);
     }
-    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > 2 ** 30) {
-      throw new UsageError(`directory backend chunkSize is out of range (1..1G): ${chunkSize}`);
-    }
+    checkChunkSize(chunkSize, 'directory backend chunkSize');
     if (!Number.isSafeInteger(maxOpenFiles) || maxOpenFiles < 0) {
       throw new UsageError(`directory backend maxOpenFiles is out of range (0 = no cap, or more): ${maxOpenFiles}`);
     }
@@ -112,8 +109,7 @@ export class DirectoryBackend implements Backend {
   }
 
   async sync(): Promise<void> {
-    if (this.#closed) throw new ClosedError('directory backend');
-    this.#inFlight++;
+    this.#gate.enter();
     const names = this.#dirty;
     this.#dirty = new Set();
     const dirChanged = this.#dirChanged;
@@ -137,18 +133,15 @@ export class DirectoryBackend implements Backend {
       if (dirChanged) this.#dirChanged = true;
       throw this.#wrap(err, 'sync');
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
   close(): Promise<void> {
-    this.#closed = true;
-    this.#closing ??= this.#close();
-    return this.#closing;
+    return this.#gate.close(() => this.#close());
   }
 
   async #close(): Promise<void> {
-    if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
     const results = await Promise.allSettled([this.#cache.close(), this.#dirHandle.close()]);
     const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
     if (errors.length > 0) throw this.#wrap(new AggregateError(errors, errors.map((e) => e.message).join('; ')), 'close');
@@ -156,7 +149,7 @@ export class DirectoryBackend implements Backend {
 
   async #run(op: Op, buf: Buffer | undefined, off: number, length: number): Promise<void> {
     this.#check(op, off, length);
-    this.#inFlight++;
+    this.#gate.enter();
     try {
       if (length === 0) return;
       const chunkSize = this.chunkSize;
@@ -188,7 +181,7 @@ export class DirectoryBackend implements Backend {
     } catch (err) {
       throw this.#wrap(err, op, off, length);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
@@ -243,15 +236,11 @@ export class DirectoryBackend implements Backend {
   }
 
   #check(op: Op, off: number, length: number): void {
-    if (this.#closed) throw new ClosedError('directory backend');
+    this.#gate.assertOpen();
     if (op !== Op.read && this.readOnly) throw new ReadOnlyError(`directory backend ${this.dir}`);
     if (!Number.isSafeInteger(off) || !Number.isSafeInteger(length) || off < 0 || length < 0 || off + length > this.size) {
       throw new OutOfRangeError(off, length, this.size);
     }
-  }
-
-  #leave(): void {
-    if (--this.#inFlight === 0 && this.#drained !== undefined) this.#drained();
   }
 
   #wrap(err: unknown, op: string, off?: number, length?: number): BackendError {

@@ -21,7 +21,8 @@
  */
 import { constants, type FileHandle, open, readFile } from 'node:fs/promises';
 import type { Backend } from '../pipeline/types.js';
-import { BackendError, ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
+import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
+import { CallGate } from '../util/call-gate.js';
 
 export interface FileBackendOptions {
   /** Size in bytes; default the file's size. Required to create a file. */
@@ -45,10 +46,7 @@ export class FileBackend implements Backend {
   readonly canMultiConn = true;
   readonly isBlockDevice: boolean;
   #handle: FileHandle;
-  #closed = false;
-  #closing: Promise<void> | undefined;
-  #inFlight = 0;
-  #drained: (() => void) | undefined;
+  readonly #gate = new CallGate('file backend');
 
   private constructor(path: string, handle: FileHandle, size: number, readOnly: boolean, isBlockDevice: boolean) {
     this.path = path;
@@ -99,7 +97,7 @@ export class FileBackend implements Backend {
 
   async readAt(buf: Buffer, off: number): Promise<void> {
     this.#check(off, buf.length, false);
-    this.#inFlight++;
+    this.#gate.enter();
     try {
       let done = 0;
       while (done < buf.length) {
@@ -113,19 +111,19 @@ export class FileBackend implements Backend {
     } catch (err) {
       throw this.#wrap(err, 'read', off, buf.length);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
   async writeAt(buf: Buffer, off: number): Promise<void> {
     this.#check(off, buf.length, true);
-    this.#inFlight++;
+    this.#gate.enter();
     try {
       await this.#writeAll(buf, buf.length, off);
     } catch (err) {
       throw this.#wrap(err, 'write', off, buf.length);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
@@ -134,7 +132,7 @@ export class FileBackend implements Backend {
     let length = 0;
     for (let i = 0; i < bufs.length; i++) length += bufs[i]!.length;
     this.#check(off, length, true);
-    this.#inFlight++;
+    this.#gate.enter();
     try {
       let pieces = bufs;
       for (let done = 0; done < length; ) {
@@ -146,7 +144,7 @@ export class FileBackend implements Backend {
     } catch (err) {
       throw this.#wrap(err, 'write', off, length);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
@@ -160,7 +158,7 @@ export class FileBackend implements Backend {
 
   async #zero(off: number, length: number, op: string): Promise<void> {
     this.#check(off, length, true);
-    this.#inFlight++;
+    this.#gate.enter();
     try {
       for (let done = 0; done < length; ) {
         const n = Math.min(ZEROS.length, length - done);
@@ -170,31 +168,28 @@ export class FileBackend implements Backend {
     } catch (err) {
       throw this.#wrap(err, op, off, length);
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
   async sync(): Promise<void> {
-    if (this.#closed) throw new ClosedError('file backend');
+    this.#gate.assertOpen();
     if (this.readOnly) return;
-    this.#inFlight++;
+    this.#gate.enter();
     try {
       await this.#handle.datasync();
     } catch (err) {
       throw this.#wrap(err, 'sync');
     } finally {
-      this.#leave();
+      this.#gate.leave();
     }
   }
 
   close(): Promise<void> {
-    this.#closed = true;
-    this.#closing ??= this.#close();
-    return this.#closing;
+    return this.#gate.close(() => this.#close());
   }
 
   async #close(): Promise<void> {
-    if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
     try {
       await this.#handle.close();
     } catch (err) {
@@ -211,15 +206,11 @@ export class FileBackend implements Backend {
   }
 
   #check(off: number, length: number, write: boolean): void {
-    if (this.#closed) throw new ClosedError('file backend');
+    this.#gate.assertOpen();
     if (write && this.readOnly) throw new ReadOnlyError(`file backend ${this.path}`);
     if (!Number.isSafeInteger(off) || !Number.isSafeInteger(length) || off < 0 || length < 0 || off + length > this.size) {
       throw new OutOfRangeError(off, length, this.size);
     }
-  }
-
-  #leave(): void {
-    if (--this.#inFlight === 0 && this.#drained !== undefined) this.#drained();
   }
 
   #wrap(err: unknown, op: string, off?: number, length?: number): BackendError {

@@ -3,8 +3,8 @@
  *
  * Guarantees: the size comes from the Size RPC at open(), which is bounded by `connectTimeoutMs`
  * and fails with a BackendError that says what went wrong (unreachable, wrong token, TLS, not an
- * r3map server). Reads and writes larger than `chunkSize` are split into concurrent calls of at
- * most `chunkSize` bytes, spread over a pool of `channels` HTTP/2 connections. A call that fails
+ * r3map server). Reads and writes larger than `maxRequestBytes` are split into concurrent calls of at
+ * most `maxRequestBytes` bytes, spread over a pool of `channels` HTTP/2 connections. A call that fails
  * with UNAVAILABLE (connection refused or reset, server restarting) is retried with bounded
  * backoff (WriteAt of the same bytes to the same place is idempotent); other errors come back as
  * the class the server raised (rpc/status.ts). Ranges are checked here first, so an
@@ -14,8 +14,8 @@
 import type { Backend } from '../pipeline/types.js';
 import { BackendError, ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { withRetry, type RetryOptions } from './retry.js';
-import type { GrpcClientTls, GrpcTarget } from '../rpc/grpc-client.js';
+import { withRetry, type RetryOptions } from '../util/retry.js';
+import type { GrpcClientTls, GrpcTarget } from '../rpc/grpc-target.js';
 import { GrpcHttp2Client } from '../rpc/grpc-http2-client.js';
 import { backendDefinition } from '../rpc/definitions.js';
 import { EMPTY } from '../rpc/codec.js';
@@ -38,7 +38,13 @@ export interface GrpcBackendOptions {
   readonly tls?: GrpcBackendTls;
   /** File holding the bearer token the server expects. */
   readonly tokenFile?: string;
-  /** Most bytes per call; larger reads and writes become concurrent calls. Default 1 MiB. */
+  /**
+   * Most bytes one ReadAt/WriteAt call moves (the URI's `chunk-size`); larger reads and writes
+   * become concurrent calls. A transport limit, not a storage chunk: the server accepts any range.
+   * 1 byte to 2 GiB - 1; default DEFAULT_GRPC_MAX_REQUEST_BYTES (1 MiB).
+   */
+  readonly maxRequestBytes?: number;
+  /** @deprecated The old name of `maxRequestBytes` (used when that is not given). */
   readonly chunkSize?: number;
   /** HTTP/2 connections in the pool; default 4. */
   readonly channels?: number;
@@ -52,10 +58,13 @@ export interface GrpcBackendOptions {
   readonly log?: Logger;
 }
 
-export const DEFAULT_GRPC_CHUNK_SIZE = 1024 * 1024;
+/** Most bytes per gRPC call by default: 1 MiB (a request size, not a chunk size). */
+export const DEFAULT_GRPC_MAX_REQUEST_BYTES = 1024 * 1024;
+/** @deprecated The old name of DEFAULT_GRPC_MAX_REQUEST_BYTES. */
+export const DEFAULT_GRPC_CHUNK_SIZE = DEFAULT_GRPC_MAX_REQUEST_BYTES;
 
 interface Resolved {
-  readonly chunkSize: number;
+  readonly maxRequestBytes: number;
   readonly readOnly: boolean;
   readonly callTimeoutMs: number;
 }
@@ -65,7 +74,7 @@ export class GrpcBackend implements Backend {
   readonly readOnly: boolean;
   readonly maxInFlight = 64;
   /** Most bytes per call. */
-  readonly chunkSize: number;
+  readonly maxRequestBytes: number;
   /** The server, e.g. grpc://127.0.0.1:1337. */
   readonly uri: string;
   readonly #client: GrpcHttp2Client;
@@ -78,7 +87,7 @@ export class GrpcBackend implements Backend {
     this.#options = options;
     this.uri = client.uri;
     this.size = size;
-    this.chunkSize = options.chunkSize;
+    this.maxRequestBytes = options.maxRequestBytes;
     this.readOnly = options.readOnly;
     this.#retry = Object.freeze({
       ReadAt: Object.freeze({ ...retry, what: `${client.uri} ReadAt` }),
@@ -89,9 +98,9 @@ export class GrpcBackend implements Backend {
 
   /** Connects and asks the server for the size; rejects with a clear error within `connectTimeoutMs`. */
   static async open(options: GrpcBackendOptions): Promise<GrpcBackend> {
-    const chunkSize = options.chunkSize ?? DEFAULT_GRPC_CHUNK_SIZE;
-    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > 2 ** 31 - 1) {
-      throw new UsageError(`grpc chunk size must be 1 byte .. 2 GiB - 1, got ${chunkSize}`);
+    const maxRequestBytes = options.maxRequestBytes ?? options.chunkSize ?? DEFAULT_GRPC_MAX_REQUEST_BYTES;
+    if (!Number.isSafeInteger(maxRequestBytes) || maxRequestBytes < 1 || maxRequestBytes > 2 ** 31 - 1) {
+      throw new UsageError(`grpc maxRequestBytes (chunk-size) must be 1 byte .. 2 GiB - 1, got ${maxRequestBytes}`);
     }
     const tls = options.tls === undefined ? undefined : await readTls(options.tls);
     const token = options.tokenFile === undefined ? undefined : await BearerToken.fromFile(options.tokenFile);
@@ -114,9 +123,9 @@ export class GrpcBackend implements Backend {
       client.close();
       throw new BackendError({ backend: client.uri, op: 'Size' }, `the server reported an impossible size ${size}`);
     }
-    log.debug({ size, chunkSize }, 'connected');
+    log.debug({ size, maxRequestBytes }, 'connected');
     return new GrpcBackend(client, size, {
-      chunkSize,
+      maxRequestBytes,
       readOnly: options.readOnly ?? false,
       callTimeoutMs: options.callTimeoutMs ?? 60_000,
     }, { retries: options.retries ?? 5, isTransient: isTransientStatus, log });
@@ -124,22 +133,22 @@ export class GrpcBackend implements Backend {
 
   async readAt(buf: Buffer, off: number): Promise<void> {
     this.#check(off, buf.length, false);
-    const chunkSize = this.chunkSize;
-    if (buf.length <= chunkSize) return this.#readPiece(buf, off);
+    const max = this.maxRequestBytes;
+    if (buf.length <= max) return this.#readPiece(buf, off);
     const pieces: Promise<void>[] = [];
-    for (let done = 0; done < buf.length; done += chunkSize) {
-      pieces.push(this.#readPiece(buf.subarray(done, Math.min(done + chunkSize, buf.length)), off + done));
+    for (let done = 0; done < buf.length; done += max) {
+      pieces.push(this.#readPiece(buf.subarray(done, Math.min(done + max, buf.length)), off + done));
     }
     await Promise.all(pieces);
   }
 
   async writeAt(buf: Buffer, off: number): Promise<void> {
     this.#check(off, buf.length, true);
-    const chunkSize = this.chunkSize;
-    if (buf.length <= chunkSize) return this.#writePiece([buf], off, buf.length);
+    const max = this.maxRequestBytes;
+    if (buf.length <= max) return this.#writePiece([buf], off, buf.length);
     const pieces: Promise<void>[] = [];
-    for (let done = 0; done < buf.length; done += chunkSize) {
-      const p = buf.subarray(done, Math.min(done + chunkSize, buf.length));
+    for (let done = 0; done < buf.length; done += max) {
+      const p = buf.subarray(done, Math.min(done + max, buf.length));
       pieces.push(this.#writePiece([p], off + done, p.length));
     }
     await Promise.all(pieces);
@@ -150,19 +159,19 @@ export class GrpcBackend implements Backend {
     let total = 0;
     for (const b of bufs) total += b.length;
     this.#check(off, total, true);
-    const chunkSize = this.chunkSize;
-    if (total <= chunkSize) return this.#writePiece(bufs, off, total);
+    const max = this.maxRequestBytes;
+    if (total <= max) return this.#writePiece(bufs, off, total);
     const calls: Promise<void>[] = [];
     let parts: Buffer[] = [];
     let filled = 0;
     let callOff = off;
     for (const b of bufs) {
       for (let pos = 0; pos < b.length;) {
-        const n = Math.min(b.length - pos, chunkSize - filled);
+        const n = Math.min(b.length - pos, max - filled);
         parts.push(b.subarray(pos, pos + n));
         filled += n;
         pos += n;
-        if (filled === chunkSize) {
+        if (filled === max) {
           calls.push(this.#writePiece(parts, callOff, filled));
           callOff += filled;
           parts = [];

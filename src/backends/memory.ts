@@ -1,7 +1,8 @@
 /**
  * MemoryBackend: a sparse in-process store of a fixed size.
  *
- * Guarantees: pages of `chunkSize` bytes are allocated on their first write, so a 1 GiB
+ * Guarantees: pages of `pageSize` bytes (its lazy allocation unit, not a chunk size: any range
+ * is accepted) are allocated on their first write, so a 1 GiB
  * backend costs nothing until it is written; a never-written range reads as zeros (the
  * caller's buffer is overwritten). A page that one write covers whole is allocated without
  * zeroing; `writev` copies each piece straight into its pages. Any offset and length inside
@@ -16,7 +17,9 @@ import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../erro
 export interface MemoryBackendOptions {
   /** Size in bytes. */
   readonly size: number;
-  /** Page size in bytes for lazy allocation; default 1 MiB. */
+  /** The lazy allocation unit in bytes (1 byte to 1 GiB); default DEFAULT_MEMORY_PAGE_SIZE (1 MiB). */
+  readonly pageSize?: number;
+  /** @deprecated The old name of `pageSize` (used when that is not given). */
   readonly chunkSize?: number;
   /** Refuse writes, trims and zeroes. */
   readonly readOnly?: boolean;
@@ -24,15 +27,17 @@ export interface MemoryBackendOptions {
 
 interface ResolvedMemoryBackendOptions {
   readonly size: number;
-  readonly chunkSize: number;
+  readonly pageSize: number;
   readonly readOnly: boolean;
 }
 
-const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+/** The memory backend's default allocation unit: 1 MiB (a page, not a chunk: any range is accepted). */
+export const DEFAULT_MEMORY_PAGE_SIZE = 1024 * 1024;
 
 export class MemoryBackend implements Backend {
   readonly size: number;
-  readonly chunkSize: number;
+  /** Bytes per lazily allocated page. */
+  readonly pageSize: number;
   readonly readOnly: boolean;
   readonly maxInFlight = 0;
   readonly canMultiConn = true;
@@ -43,17 +48,22 @@ export class MemoryBackend implements Backend {
 
   constructor(options: MemoryBackendOptions) {
     const size = options.size;
-    const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    const pageSize = options.pageSize ?? options.chunkSize ?? DEFAULT_MEMORY_PAGE_SIZE;
     if (!Number.isSafeInteger(size) || size < 0) {
       throw new UsageError(`memory backend size is out of range (0..2^53-1): ${size}`);
     }
-    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > 2 ** 30) {
-      throw new UsageError(`memory backend chunkSize is out of range (1..1G): ${chunkSize}`);
+    if (!Number.isSafeInteger(pageSize) || pageSize < 1 || pageSize > 2 ** 30) {
+      throw new UsageError(`memory backend pageSize is out of range (1..1G): ${pageSize}`);
     }
-    this.options = Object.freeze({ size, chunkSize, readOnly: options.readOnly ?? false });
+    this.options = Object.freeze({ size, pageSize, readOnly: options.readOnly ?? false });
     this.size = size;
-    this.chunkSize = chunkSize;
+    this.pageSize = pageSize;
     this.readOnly = this.options.readOnly;
+  }
+
+  /** @deprecated The old name of `pageSize`. */
+  get chunkSize(): number {
+    return this.pageSize;
   }
 
   /** Pages currently allocated (for tests and diagnostics). */
@@ -63,13 +73,13 @@ export class MemoryBackend implements Backend {
 
   async readAt(buf: Buffer, off: number): Promise<void> {
     this.#check(off, buf.length, false);
-    const chunkSize = this.chunkSize;
+    const pageSize = this.pageSize;
     let done = 0;
     while (done < buf.length) {
       const pos = off + done;
-      const index = Math.floor(pos / chunkSize);
-      const inPage = pos - index * chunkSize;
-      const n = Math.min(chunkSize - inPage, buf.length - done);
+      const index = Math.floor(pos / pageSize);
+      const inPage = pos - index * pageSize;
+      const n = Math.min(pageSize - inPage, buf.length - done);
       const page = this.#pages.get(index);
       if (page === undefined) buf.fill(0, done, done + n);
       else page.copy(buf, done, inPage, inPage + n);
@@ -102,17 +112,17 @@ export class MemoryBackend implements Backend {
    * written, synchronously); otherwise it starts as zeros.
    */
   #copyIn(buf: Buffer, off: number, writeStart: number, writeEnd: number): void {
-    const chunkSize = this.chunkSize;
+    const pageSize = this.pageSize;
     let done = 0;
     while (done < buf.length) {
       const pos = off + done;
-      const index = Math.floor(pos / chunkSize);
-      const pageStart = index * chunkSize;
+      const index = Math.floor(pos / pageSize);
+      const pageStart = index * pageSize;
       const inPage = pos - pageStart;
-      const n = Math.min(chunkSize - inPage, buf.length - done);
+      const n = Math.min(pageSize - inPage, buf.length - done);
       let page = this.#pages.get(index);
       if (page === undefined) {
-        const pageLength = Math.min(chunkSize, this.size - pageStart);
+        const pageLength = Math.min(pageSize, this.size - pageStart);
         const whole = writeStart <= pageStart && pageStart + pageLength <= writeEnd;
         page = whole ? Buffer.allocUnsafeSlow(pageLength) : Buffer.alloc(pageLength);
         this.#pages.set(index, page);
@@ -141,13 +151,13 @@ export class MemoryBackend implements Backend {
 
   #discard(off: number, length: number): void {
     this.#check(off, length, true);
-    const chunkSize = this.chunkSize;
+    const pageSize = this.pageSize;
     const end = off + length;
     let pos = off;
     while (pos < end) {
-      const index = Math.floor(pos / chunkSize);
-      const pageStart = index * chunkSize;
-      const pageEnd = Math.min(pageStart + chunkSize, this.size);
+      const index = Math.floor(pos / pageSize);
+      const pageStart = index * pageSize;
+      const pageEnd = Math.min(pageStart + pageSize, this.size);
       const n = Math.min(pageEnd, end) - pos;
       if (n === pageEnd - pageStart) this.#pages.delete(index);
       else this.#pages.get(index)?.fill(0, pos - pageStart, pos - pageStart + n);

@@ -9,6 +9,13 @@
  * - Many requests in flight: up to `maxInFlight` per connection, the rest queue in order.
  *   Requests above the server's maximum block size are split; when the server asks for a minimum
  *   block size above 1, unaligned edges are read-modify-written (ArbitraryReadWriterAt).
+ *   This is the one backend that composes that stage itself instead of declaring `blockSize`
+ *   and leaving it to mount/compose.ts: the minimum block size is a property of the remote,
+ *   learned in the handshake, and the backend's own requests need it too: its zero/trim fallback
+ *   (writes of zeros when the server lacks WRITE_ZEROES) goes through the same aligned path, and a
+ *   bare backend that forwarded an unaligned request would break the NBD spec's contract with the
+ *   server (which may then fail the request, or the connection) instead of rejecting cleanly.
+ *   So the backend accepts any range and declares no blockSize.
  * - `connections` > 1 opens that many connections when the server advertises
  *   NBD_FLAG_CAN_MULTI_CONN (one otherwise, with a warning); requests go to the least busy one.
  * - sync() is NBD_CMD_FLUSH on every connection (a no-op when the server has no flush); zero() is
@@ -23,12 +30,12 @@
  */
 import { BackendError, ClosedError, NbdRequestError, OutOfRangeError, R3mapError, ReadOnlyError, TimeoutError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { NbdClient, describeAddress, type NbdAddress, type NbdClientTlsOptions } from '../nbd/client.js';
+import { NbdClient, describeAddress, type NbdAddress, type NbdClientTlsOptions } from '../nbd-client/client.js';
 import { NBD_ESHUTDOWN, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_WRITE_ZEROES } from '../nbd/constants.js';
 import { readTlsFiles, type TlsFiles } from '../nbd/tls.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
 import type { Backend, ReadWriterAt } from '../pipeline/types.js';
-import { isTransientNetworkError, withRetry, type RetryOptions } from './retry.js';
+import { isTransientNetworkError, withRetry, type RetryOptions } from '../util/retry.js';
 
 export interface NbdRemoteBackendOptions {
   readonly address: NbdAddress;

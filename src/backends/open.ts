@@ -81,7 +81,7 @@ export async function openBackend(uri: string, options: OpenBackendOptions = {})
         target: spec.target, readOnly, ...log,
         ...(spec.tls !== undefined ? { tls: spec.tls } : {}),
         ...(spec.tokenFile !== undefined ? { tokenFile: spec.tokenFile } : {}),
-        ...(spec.chunkSize !== undefined ? { chunkSize: spec.chunkSize } : {}),
+        ...(spec.maxRequestBytes !== undefined ? { maxRequestBytes: spec.maxRequestBytes } : {}),
         ...(spec.channels !== undefined ? { channels: spec.channels } : {}),
       });
       return checkRemoteSize(uri, backend, options.size);

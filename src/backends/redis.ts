@@ -2,8 +2,9 @@
  * RedisBackend: one Redis string per chunk, key `<prefix>-<offset>` (offset = index * chunkSize
  * in decimal; an empty prefix gives `<offset>`, r3map Go's own Redis keys), through ioredis.
  *
- * Guarantees, on top of ChunkStoreBackend's (arbitrary ranges, missing key = zeros, at most
- * `maxInFlight` chunk commands at once, trim = DEL):
+ * Guarantees, on top of ChunkStoreBackend's (whole chunks, blockSize = chunkSize: any range
+ * through mount/compose.ts; missing key = zeros, at most `maxInFlight` chunk commands at once,
+ * trim = DEL):
  * - The chunk commands of one call are issued in one tick and pipelined on the connection (each
  *   is sent without waiting for earlier replies). ioredis' auto-pipelining (one Pipeline per
  *   tick) is an option, off by default: its Pipeline settles only when its last reply is in,
@@ -25,7 +26,8 @@ import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { BackendError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { ChunkStoreBackend, type ChunkStore } from './chunk-store.js';
-import { withRetry, withTimeout, type RetryOptions } from './retry.js';
+import { withRetry, withTimeout, type RetryOptions } from '../util/retry.js';
+import { DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 
 export interface RedisBackendOptions {
   /** redis://[user:pass@]host:port/db or rediss://… (TLS); with `cluster`, one seed node. */
@@ -33,7 +35,7 @@ export interface RedisBackendOptions {
   /** Key prefix; '' gives bare offsets as keys. */
   readonly prefix: string;
   readonly size: number;
-  /** Bytes per key; default 64 KiB. */
+  /** Bytes per key; default DEFAULT_CHUNK_SIZE (64 KiB). */
   readonly chunkSize?: number;
   /** Use ioredis' Redis Cluster client (db must be 0). */
   readonly cluster?: boolean;
@@ -181,7 +183,7 @@ export class RedisBackend extends ChunkStoreBackend {
 
   static async open(options: RedisBackendOptions): Promise<RedisBackend> {
     const endpoint = redactRedisUrl(options.url);
-    const chunkSize = options.chunkSize ?? 64 * 1024;
+    const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     const reconnectAttempts = options.reconnectAttempts ?? 20;
     let parsed: URL;

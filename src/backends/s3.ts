@@ -2,8 +2,9 @@
  * S3Backend: one object per chunk, key `<prefix>-<offset>` in `bucket` (offset = index *
  * chunkSize in decimal; an empty prefix gives `<offset>`), through @aws-sdk/client-s3.
  *
- * Guarantees, on top of ChunkStoreBackend's (arbitrary ranges, at most `maxInFlight` requests
- * at once, which is also the HTTP agent's socket cap):
+ * Guarantees, on top of ChunkStoreBackend's (whole chunks, blockSize = chunkSize: any range
+ * through mount/compose.ts; at most `maxInFlight` requests at once, which is also the HTTP
+ * agent's socket cap):
  * - A missing object (NoSuchKey, or a 404 that is not NoSuchBucket) reads as zeros; the match
  *   is on the error's name and HTTP status, never its text. GetObject bodies stream straight
  *   into the chunk buffer; a body of another length is an error, not data.
@@ -24,7 +25,8 @@ import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, PutObjectComm
 import { BackendError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { ChunkStoreBackend, type ChunkStore } from './chunk-store.js';
-import { isTransientNetworkError, withRetry, withTimeout, type RetryOptions } from './retry.js';
+import { isTransientNetworkError, withRetry, withTimeout, type RetryOptions } from '../util/retry.js';
+import { DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 
 export interface S3BackendOptions {
   readonly bucket: string;
@@ -37,7 +39,7 @@ export interface S3BackendOptions {
   /** Default: true when `endpoint` is given. */
   readonly forcePathStyle?: boolean;
   readonly size: number;
-  /** Bytes per object; default 64 KiB. */
+  /** Bytes per object; default DEFAULT_CHUNK_SIZE (64 KiB). */
   readonly chunkSize?: number;
   /** Requests in flight; default 16, 0 = no cap (the agent then keeps at most 64 sockets). */
   readonly maxInFlight?: number;
@@ -193,7 +195,7 @@ export class S3Backend extends ChunkStoreBackend {
       }
       if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`s3 endpoint must be http:// or https://, got ${endpoint}`);
     }
-    const chunkSize = options.chunkSize ?? 64 * 1024;
+    const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     const maxInFlight = options.maxInFlight ?? 16;
     const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     const where = `${endpoint ?? 'aws'} bucket ${bucket}`;

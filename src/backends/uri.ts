@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 import { UsageError } from '../errors.js';
 import type { TlsFiles } from '../nbd/tls.js';
+import { DEFAULT_CHUNK_SIZE, checkChunkSize } from '../util/chunks.js';
 import { parseSize } from '../util/size.js';
 
 export type HostPort = { readonly host: string; readonly port: number };
@@ -63,7 +64,8 @@ export type BackendSpec =
       readonly target: SocketAddress;
       readonly tls: TlsFiles | undefined;
       readonly tokenFile: string | undefined;
-      readonly chunkSize: number | undefined;
+      /** `?chunk-size=`: the most bytes per gRPC call (a request size, not a storage chunk). */
+      readonly maxRequestBytes: number | undefined;
       readonly channels: number | undefined;
       readonly size: undefined;
     }
@@ -76,7 +78,6 @@ export type BackendSpec =
       readonly size: undefined;
     };
 
-export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 export const DEFAULT_PREFIX = 'r3map';
 export const DEFAULT_PORTS = Object.freeze({ redis: 6379, cassandra: 9042, grpc: 1337, nbd: 10809 });
 
@@ -175,6 +176,17 @@ function sizeParam(e: UriError, p: Parts, key: string): number | undefined {
   }
 }
 
+/** `chunk-size` of a chunked store (dir, redis, s3, cassandra): checked once, here, by checkChunkSize. */
+function chunkSizeParam(e: UriError, p: Parts): number | undefined {
+  const n = sizeParam(e, p, 'chunk-size');
+  if (n === undefined) return undefined;
+  try {
+    return checkChunkSize(n, 'chunk-size');
+  } catch (err) {
+    return e.fail((err as Error).message);
+  }
+}
+
 function countParam(e: UriError, p: Parts, key: string): number | undefined {
   const v = p.params.get(key);
   if (v === undefined) return undefined;
@@ -253,7 +265,7 @@ function redis(e: UriError, p: Parts, text: string): BackendSpec {
     url: `${p.scheme}://${userinfo}${host}:${first.port}/${db}`,
     nodes, db, cluster,
     prefix: p.params.get('prefix') ?? DEFAULT_PREFIX,
-    chunkSize: sizeParam(e, p, 'chunk-size') ?? DEFAULT_CHUNK_SIZE,
+    chunkSize: chunkSizeParam(e, p) ?? DEFAULT_CHUNK_SIZE,
     size: sizeParam(e, p, 'size'),
   };
 }
@@ -274,7 +286,7 @@ function s3(e: UriError, p: Parts): BackendSpec {
     kind: 's3', bucket, endpoint, region,
     prefix: prefix === '' ? DEFAULT_PREFIX : prefix,
     forcePathStyle: boolParam(e, p, 'path-style') ?? endpoint !== undefined,
-    chunkSize: sizeParam(e, p, 'chunk-size') ?? DEFAULT_CHUNK_SIZE,
+    chunkSize: chunkSizeParam(e, p) ?? DEFAULT_CHUNK_SIZE,
     size: sizeParam(e, p, 'size'),
   };
 }
@@ -305,7 +317,7 @@ function cassandra(e: UriError, p: Parts): BackendSpec {
     port: [...ports][0] ?? DEFAULT_PORTS.cassandra,
     prefix: p.params.get('prefix') ?? DEFAULT_PREFIX,
     localDataCenter: p.params.get('dc'),
-    chunkSize: sizeParam(e, p, 'chunk-size') ?? DEFAULT_CHUNK_SIZE,
+    chunkSize: chunkSizeParam(e, p) ?? DEFAULT_CHUNK_SIZE,
     size: sizeParam(e, p, 'size'),
   };
 }
@@ -325,7 +337,7 @@ function grpc(e: UriError, p: Parts): BackendSpec {
     kind: 'grpc', target,
     tls: secure ? tlsFiles(e, p) : undefined,
     tokenFile: pathParam(e, p, 'token-file'),
-    chunkSize: sizeParam(e, p, 'chunk-size'),
+    maxRequestBytes: sizeParam(e, p, 'chunk-size'),
     channels: countParam(e, p, 'channels'),
     size: undefined,
   };
@@ -368,7 +380,7 @@ export function parseBackendUri(uri: string): BackendSpec {
       return { kind: 'file', path: localPath(e, p), size: sizeParam(e, p, 'size') };
     case 'dir':
       allowOnly(e, p, ['size', 'chunk-size', 'max-open-files']);
-      return { kind: 'dir', path: localPath(e, p), size: sizeParam(e, p, 'size'), chunkSize: sizeParam(e, p, 'chunk-size'), maxOpenFiles: countParam(e, p, 'max-open-files') };
+      return { kind: 'dir', path: localPath(e, p), size: sizeParam(e, p, 'size'), chunkSize: chunkSizeParam(e, p), maxOpenFiles: countParam(e, p, 'max-open-files') };
     case 'redis':
     case 'rediss':
       return redis(e, p, text);

@@ -4,13 +4,12 @@
  * and gRPC listeners at once) and the CQL test server (compiled under dist/test/support/, present
  * in a development checkout only). A server that cannot start is "not available", never fatal.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { SERVE_BIN, TOOL_PATH } from './processes.js';
+import { SERVE_BIN, TOOL_PATH, freePort, trackChild } from './processes.js';
 
 export interface BenchServer {
   /** What a client needs: URIs or host:port, by name ('redis', 'nbd', 'grpc', 's3', 'cql'). */
@@ -18,18 +17,7 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-const running = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL');
-});
-
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+export { freePort };
 
 /**
  * Spawns `cmd args` and waits until `ready(line)` has returned endpoints for every line it
@@ -43,12 +31,8 @@ function startChild(
   env: NodeJS.ProcessEnv = {},
   timeoutMs = 30_000,
 ): Promise<BenchServer> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: TOOL_PATH, ...env } });
-  running.add(child);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => {
-    running.delete(child);
-    resolve();
-  }));
+  const child = trackChild(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: TOOL_PATH, ...env } }));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
     const kill = setTimeout(() => child.kill('SIGKILL'), 10_000);

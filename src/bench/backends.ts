@@ -13,8 +13,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { openBackend } from '../backends/open.js';
-import { durationArg, sizeArg } from '../cli/options.js';
+import { openComposed } from '../mount/compose.js';
+import { durationArg, sizeArg } from '../util/args.js';
 import type { Backend } from '../pipeline/types.js';
 import { formatSize } from '../util/size.js';
 import { cqlServerModule, startCqlServer, startGrpcChild, startRedis, startS3rver, startServe, type BenchServer } from './backend-servers.js';
@@ -249,8 +249,8 @@ async function nbdAndGrpc(bench: Bench, only: readonly string[]): Promise<void> 
     return { write: async (_i, buf) => (await pending).write(buf), read: async (_i, buf) => (await pending).read(buf) };
   };
   try {
-    if (only.includes('nbd')) await bench.cells('nbd', () => openBackend(serve.endpoints.nbd!), 'raw TCP', raw, rawCache);
-    if (only.includes('grpc') && grpcUri !== undefined) await bench.cells('grpc', () => openBackend(grpcUri), 'raw TCP', raw, rawCache);
+    if (only.includes('nbd')) await bench.cells('nbd', () => openComposed(serve.endpoints.nbd!), 'raw TCP', raw, rawCache);
+    if (only.includes('grpc') && grpcUri !== undefined) await bench.cells('grpc', () => openComposed(grpcUri), 'raw TCP', raw, rawCache);
   } finally {
     for (const c of clients) c.close();
     peer.stop();
@@ -272,7 +272,7 @@ async function redis(bench: Bench): Promise<void> {
     const size = bench.options.size;
     await bench.cells('redis', async (chunkSize) => {
       await client.flushall();
-      return openBackend(`redis://${host}:${port}/0?prefix=bench-${chunkSize}&chunk-size=${chunkSize}&size=${size}`);
+      return openComposed(`redis://${host}:${port}/0?prefix=bench-${chunkSize}&chunk-size=${chunkSize}&size=${size}`);
     }, 'raw ioredis SET/GET', raw);
   } finally {
     client.disconnect();
@@ -299,7 +299,7 @@ async function s3(bench: Bench): Promise<void> {
       },
     });
     const size = bench.options.size;
-    await bench.cells('s3', (chunkSize) => openBackend(`s3://${bucket}/bench-${chunkSize}?endpoint=${endpoint}&region=us-east-1&chunk-size=${chunkSize}&size=${size}`), 'raw S3 Put/GetObject', raw);
+    await bench.cells('s3', (chunkSize) => openComposed(`s3://${bucket}/bench-${chunkSize}?endpoint=${endpoint}&region=us-east-1&chunk-size=${chunkSize}&size=${size}`), 'raw S3 Put/GetObject', raw);
   } finally {
     client.destroy();
   }
@@ -310,7 +310,7 @@ async function cassandra(bench: Bench): Promise<void> {
   if (module === undefined) throw new Error('not available: the CQL test server is built only in a development checkout (dist/test/support/cql-server)');
   const server = await bench.server(startCqlServer(module));
   const size = bench.options.size;
-  await bench.cells('cassandra', (chunkSize) => openBackend(`cassandra://${server.endpoints.cql!}/r3map_bench/c${chunkSize}?chunk-size=${chunkSize}&size=${size}&dc=datacenter1`), 'none (CQL test server)', undefined);
+  await bench.cells('cassandra', (chunkSize) => openComposed(`cassandra://${server.endpoints.cql!}/r3map_bench/c${chunkSize}?chunk-size=${chunkSize}&size=${size}&dc=datacenter1`), 'none (CQL test server)', undefined);
 }
 
 function renderText(report: { machine: ReturnType<typeof machineInfo>; loadAverage: { before: number[]; after: number[] }; parameters: { sizeBytes: number; maxSecondsPerDirection: number }; results: readonly CellResult[]; skipped: readonly { backend: string; reason: string }[]; elapsedSeconds: number }): string {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { durationArg, sizeArg } from '../cli/options.js';
+import { durationArg, sizeArg } from '../util/args.js';
 import { TimeoutError } from '../errors.js';
 import { TRANSPORTS, type Transport } from '../mount/transport.js';
 import { formatSize } from '../util/size.js';

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Command, Option } from 'commander';
-import { durationArg, sizeArg } from '../cli/options.js';
+import { durationArg, sizeArg } from '../util/args.js';
 import { formatSize } from '../util/size.js';
 import { compare, formatNumber, formatTable, machineInfo, type BenchContext, type BenchScenario, type Comparison } from './scenario.js';
 import { runProcess, startNbdkit, startR3mapServe, toolVersion, type Server } from './processes.js';

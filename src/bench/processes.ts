@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -20,10 +21,22 @@ process.on('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
-function track(child: ChildProcess): ChildProcess {
+/** Registers `child` to be SIGKILLed if this process exits while it still runs (bench and test helpers share it). */
+export function trackChild(child: ChildProcess): ChildProcess {
   running.add(child);
   child.once('exit', () => running.delete(child));
   return child;
+}
+
+const track = trackChild;
+
+/** A port that was free a moment ago on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }
 
 export interface ProcessResult {
@@ -76,8 +89,10 @@ export interface Server {
   stop(): Promise<number | null>;
 }
 
-function stopper(child: ChildProcess): () => Promise<number | null> {
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+/** A stop() for `child`: SIGTERM (unless it already ended), SIGKILL after 15 s; resolves with the exit code. */
+export function stopper(child: ChildProcess): () => Promise<number | null> {
+  const ended = child.exitCode !== null || child.signalCode !== null;
+  const exited = ended ? Promise.resolve(child.exitCode) : new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
     const kill = setTimeout(() => child.kill('SIGKILL'), 15_000);

@@ -1,10 +1,10 @@
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { runCommand, EXIT, type CommandContext } from './run.js';
-import { countArg, durationArg, sizeArg } from './options.js';
+import { countArg, durationArg, sizeArg } from '../util/args.js';
+import { DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 import { formatRate, ProgressLine, RateMeter } from './progress.js';
 import { notifyReady } from './sd-notify.js';
-import { openBackend } from '../backends/open.js';
 import { ACCEPTED_BACKEND_URIS } from '../backends/uri.js';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -15,9 +15,7 @@ import { disconnectFuseLoop } from '../mount/fuse-loop.js';
 import type { ManagedMountStats } from '../mount/managed.js';
 import { MANAGED_DEFAULTS } from '../mount/managed-options.js';
 import { ManagedPathMount } from '../mount/managed-path.js';
-import { LatencyBackend } from '../pipeline/latency.js';
 import { pullPriorityNames, type PullPriorityName } from '../pipeline/pull-priority.js';
-import type { Backend } from '../pipeline/types.js';
 import { formatSize } from '../util/size.js';
 import { TRANSPORTS, transportOfDevice, type Transport } from '../mount/transport.js';
 
@@ -26,7 +24,7 @@ interface MountFlags {
   size?: number;
   device?: string;
   readOnly: boolean;
-  chunkSize?: number;
+  chunkSize?: number | 'none';
   transport: Transport;
   loopDirectIo: boolean;
   readyFile?: string;
@@ -63,7 +61,7 @@ export function mountCommand(): Command {
     .option('--size <bytes>', `device size (1GiB, 64MiB, 4096), a multiple of ${BLOCK_SIZE}; needed for memory and new files (default: the file's size)`, sizeArg)
     .option('--device <path>', 'use this /dev/nbdN (transport nbd) or /dev/loopN (transport fuse-loop) (default: the first free one)')
     .option('--read-only', 'refuse writes; the device is read-only', false)
-    .addOption(new Option('--chunk-size <bytes>', `the backend only sees whole chunks of this size; direct: 0 = no chunking layer (default 0); managed: the unit of pulls, pushes and the cache state (default ${formatSize(MANAGED_DEFAULTS.chunkSize)})`).argParser(sizeArg))
+    .addOption(new Option('--chunk-size <bytes|none>', `the unit the backend is read and written in (it only sees whole, aligned chunks); managed: also the unit of pulls, pushes and the cache state (default ${formatSize(DEFAULT_CHUNK_SIZE)}); direct: default none (no chunking layer)`).argParser(chunkSizeArg))
     .addOption(new Option('--transport <kind>', 'nbd (kernel NBD client), fuse-loop (nbdfuse + losetup, for kernels without nbd) or auto (nbd when /sys/module/nbd or /dev/nbd0 exists)').choices(TRANSPORTS).default('auto'))
     .option('--no-loop-direct-io', 'fuse-loop: attach the loop device without direct I/O (default: direct I/O on)')
     .option('--ready-file <path>', 'also write the device path to this file (atomically) when ready; removed on exit')
@@ -101,10 +99,11 @@ async function mount(flags: MountFlags, ctx: CommandContext, given: (flag: strin
   const stray = MANAGED_ONLY.find((name) => given(name));
   if (stray !== undefined) throw new UsageError(`--${kebab(stray)} needs --managed`);
   const mounted = new DirectPathMount({
-    ...(flags.latency > 0 ? { backend: await openWithLatency(flags.backend, flags, log) } : { backendUri: flags.backend }),
+    backendUri: flags.backend,
     ...(flags.size !== undefined ? { size: flags.size } : {}),
     readOnly: flags.readOnly,
-    chunkSize: flags.chunkSize ?? 0,
+    chunkSize: flags.chunkSize ?? 'none',
+    latencyMs: flags.latency,
     transport: flags.transport,
     ...(flags.device !== undefined ? { device: flags.device } : {}),
     loopDirectIo: flags.loopDirectIo,
@@ -146,11 +145,15 @@ async function announceAndWait(
   }
 }
 
-/** Direct mode with --latency: the backend behind a LatencyBackend (the mount takes it over and closes it). */
-async function openWithLatency(uri: string, flags: MountFlags, log: Logger): Promise<Backend> {
-  const backend = await openBackend(uri, { ...(flags.size !== undefined ? { size: flags.size } : {}), readOnly: flags.readOnly });
-  log.info({ latencyMs: flags.latency }, `simulated backend latency: ${flags.latency} ms per call`);
-  return new LatencyBackend(backend, { readLatencyMs: flags.latency, writeLatencyMs: flags.latency });
+/** A managed mount always works in chunks: 'none' is a direct-mount spelling. */
+function managedChunkSize(chunkSize: number | 'none' | undefined): number {
+  if (chunkSize === 'none') throw new UsageError('--chunk-size none is for direct mounts: a managed mount pulls, pushes and caches whole chunks (default 64 KiB)');
+  return chunkSize ?? MANAGED_DEFAULTS.chunkSize;
+}
+
+/** --chunk-size: a size (64KiB), or 'none' (direct mounts: no chunking layer). */
+function chunkSizeArg(value: string): number | 'none' {
+  return value.trim().toLowerCase() === 'none' ? 'none' : sizeArg(value);
 }
 
 async function disconnect(device: string, log: Logger): Promise<number> {
@@ -183,7 +186,7 @@ async function mountManaged(flags: MountFlags, { log, signal }: CommandContext, 
     remoteUri: flags.backend!,
     ...(flags.size !== undefined ? { size: flags.size } : {}),
     ...(flags.remoteId !== undefined ? { remoteId: flags.remoteId } : {}),
-    chunkSize: flags.chunkSize ?? MANAGED_DEFAULTS.chunkSize,
+    chunkSize: managedChunkSize(flags.chunkSize),
     pullWorkers: flags.pullWorkers,
     pullPriority: flags.hotRangesFile !== undefined ? { hotRangesFile: flags.hotRangesFile } : flags.pullPriority,
     pullFirst: flags.pullFirst,

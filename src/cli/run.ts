@@ -50,13 +50,17 @@ export async function runCommand(
   process.exit(code);
 }
 
+/** The exit code of a command that failed with `err`: 2 for bad input (usage), 1 for everything else. */
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+  return err instanceof R3mapError && err.code === 'ERR_USAGE' ? EXIT.USAGE : EXIT.FAILURE;
+}
+
 function exitCodeOf(err: unknown, name: string, log: Logger): number {
-  if (err instanceof CommanderError) {
-    // --help and --version end here with exitCode 0; commander already printed its message.
-    return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
-  }
-  if (err instanceof R3mapError && err.code === 'ERR_USAGE') {
-    process.stderr.write(`${name}: ${err.message}\n`);
+  // --help and --version end here with exitCode 0; commander already printed its message.
+  if (err instanceof CommanderError) return exitCodeFor(err);
+  if (exitCodeFor(err) === EXIT.USAGE) {
+    process.stderr.write(`${name}: ${(err as Error).message}\n`);
     return EXIT.USAGE;
   }
   const message = err instanceof Error ? err.message : String(err);

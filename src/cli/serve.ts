@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { runCommand, type CommandContext } from './run.js';
-import { collect, countArg, sizeArg } from './options.js';
-import { openBackend } from '../backends/open.js';
+import { collect, countArg, sizeArg } from '../util/args.js';
+import { openComposed } from '../mount/compose.js';
 import { ACCEPTED_BACKEND_URIS, parseBackendUri } from '../backends/uri.js';
 import { NbdServer, type NbdExport } from '../nbd/server.js';
 import { parseListenAddress } from '../nbd/listen-address.js';
@@ -87,7 +87,7 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
   // --size applies to every export whose URI does not carry its own ?size=.
   const open = async (uri: string): Promise<Backend> => {
     const size = parseBackendUri(uri).size ?? flags.size;
-    const b = await openBackend(uri, { ...(size !== undefined ? { size } : {}), readOnly: flags.readOnly });
+    const b = await openComposed(uri, { ...(size !== undefined ? { size } : {}), readOnly: flags.readOnly });
     opened.push(b);
     return b;
   };

@@ -13,7 +13,9 @@
  *   32 sequence u64 (lo, hi)  40 sha256(remote id)  72 bitmap bytes u32   76 flags u32 (0)
  *   80 local bitmap, dirty bitmap (bit i = chunk i, LSB first), then sha256 of everything before
  *
- * Rules kept here (the stack supplies the bits through a CacheStateSource):
+ * It saves and loads the stack's ChunkTable, nothing else: local = the `state` column is LOCAL;
+ * dirty = the `dirty` bit, or a push not yet remote-synced (`unsynced`), or a write under way
+ * (`writing`). Rules kept here:
  * - A chunk is saved as local only after a cache fdatasync that began after it became local
  *   ('full' saves). 'intent' saves keep the last saved local bits and only raise dirty bits.
  * - A chunk saved as local and clean promises "the cache holds what the remote durably holds", so
@@ -29,6 +31,9 @@ import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promi
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { ChunkState } from '../pipeline/chunk-state.js';
+import { RemoteSync, type ChunkTable } from '../pipeline/chunk-table.js';
+import type { WriteGate } from '../pipeline/write-marks.js';
 import { chunkCount } from '../util/chunks.js';
 
 const MAGIC = Buffer.from('R3MAPCS1', 'latin1');
@@ -56,16 +61,6 @@ export interface CacheStateOptions {
   readonly log?: Logger;
 }
 
-/** What the mount tells the state at save time (byte per chunk: 1 = set). */
-export interface CacheStateSource {
-  /** Set the chunks whose current data is in the cache. */
-  fillLocal(bytes: Uint8Array): void;
-  /** Set the chunks the remote may not hold durably (dirty, pushed but not synced). */
-  fillDirty(bytes: Uint8Array): void;
-  /** fdatasync the cache. */
-  syncCache(): Promise<void>;
-}
-
 export interface RestoredChunks {
   /** No usable state existed (new cache, reset, or a state without a cache). */
   readonly fresh: boolean;
@@ -79,7 +74,7 @@ export interface RestoredChunks {
 
 export type SaveKind = 'full' | 'intent';
 
-export class CacheState {
+export class CacheState implements WriteGate {
   readonly path: string;
   readonly chunks: number;
   readonly restored: RestoredChunks;
@@ -89,8 +84,9 @@ export class CacheState {
   readonly #onError: ((err: unknown) => void) | undefined;
   readonly #intervalMs: number;
   readonly #slot: Buffer;
-  readonly #writing: Uint8Array;
-  #source: CacheStateSource | undefined;
+  #table: ChunkTable | undefined;
+  #syncCache: (() => Promise<void>) | undefined;
+  #savedChanges = 0;
   #handle: FileHandle | undefined;
   #sequence: number;
   #durableLocal: Uint8Array;
@@ -102,7 +98,6 @@ export class CacheState {
   #tail: Promise<unknown> = Promise.resolve();
   #queued: Promise<void> | undefined;
   #wantFull = false;
-  #changed = false;
   #interval: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -156,7 +151,6 @@ export class CacheState {
     this.#intervalMs = options.intervalMs ?? 0;
     const used = HEADER_BYTES + 2 * Math.ceil(this.chunks / 8) + HASH_BYTES;
     this.#slot = Buffer.alloc(Math.ceil(used / SLOT_ALIGN) * SLOT_ALIGN);
-    this.#writing = new Uint8Array(this.chunks);
     this.#durableLocal = new Uint8Array(this.chunks);
     this.#durableDirty = new Uint8Array(this.chunks);
     this.#spareLocal = new Uint8Array(this.chunks);
@@ -165,13 +159,23 @@ export class CacheState {
     this.restored = Object.freeze({ fresh: true, local: [], dirty: [], discarded: 0 });
   }
 
+  /** Sets the restored chunks in the table: LOCAL, and dirty where saved so (before any stage runs). */
+  restoreInto(table: ChunkTable): void {
+    this.#checkTable(table);
+    for (const i of this.restored.local) table.setState(i, ChunkState.LOCAL);
+    for (const i of this.restored.dirty) table.markDirty(i);
+  }
+
   /**
-   * Opens the state for saving, with `source` for the bits. A fresh state is created whole
+   * Opens the state for saving `table`; `syncCache` fdatasyncs the cache. A fresh state is created whole
    * (temp file, fdatasync, rename); either way the directory is fsynced, so the cache file
    * (opened before this) and the state are both durable names.
    */
-  async open(source: CacheStateSource): Promise<void> {
-    this.#source = source;
+  async open(table: ChunkTable, syncCache: () => Promise<void>): Promise<void> {
+    this.#checkTable(table);
+    this.#table = table;
+    this.#syncCache = syncCache;
+    this.#savedChanges = table.changes;
     if (this.restored.fresh) {
       const tmp = `${this.path}.tmp`;
       const handle = await open(tmp, 'w', 0o644);
@@ -192,24 +196,13 @@ export class CacheState {
   }
 
   /**
-   * Call before a write to chunk `index` reaches the cache, and endWrite() after it landed (and
-   * its dirty mark is visible to fillDirty). Returns a promise to wait for before writing when
-   * the chunk is saved as local and clean; undefined when the write may go ahead at once.
+   * Call before a write to chunk `index` reaches the cache, with the table's `writing` bit set
+   * (WriteMarks does both). Returns a promise to wait for before writing when the chunk is saved
+   * as local and clean; undefined when the write may go ahead at once.
    */
   beginWrite(index: number): Promise<void> | undefined {
-    this.#writing[index] = 1;
     if (this.#mayChange(index)) return undefined;
     return this.save('intent');
-  }
-
-  endWrite(index: number): void {
-    this.#writing[index] = 0;
-    this.#changed = true;
-  }
-
-  /** Something worth saving changed (a chunk became local, a push finished). */
-  noteChange(): void {
-    this.#changed = true;
   }
 
   /**
@@ -241,11 +234,12 @@ export class CacheState {
   }
 
   readonly #tick = (): void => {
-    if (!this.#changed || this.#queued !== undefined) return;
-    this.#changed = false;
+    const table = this.#table;
+    if (table === undefined || table.changes === this.#savedChanges || this.#queued !== undefined) return;
+    this.#savedChanges = table.changes;
     this.save('full').catch((err: unknown) => {
       this.#log.error({ err }, 'saving the cache state failed; the next flush retries');
-      this.#changed = true;
+      this.#savedChanges = -1;
       this.#onError?.(err);
     });
   };
@@ -257,19 +251,21 @@ export class CacheState {
   }
 
   async #run(full: boolean): Promise<void> {
-    if (this.#handle === undefined || this.#source === undefined) throw new Error('cache state is not open');
-    const dirty = this.#spareDirty.fill(0);
-    this.#source.fillDirty(dirty);
-    for (let i = 0; i < this.chunks; i++) dirty[i] |= this.#writing[i]!;
+    const table = this.#table;
+    if (this.#handle === undefined || table === undefined) throw new Error('cache state is not open');
+    const dirty = this.#spareDirty;
+    for (let i = 0; i < this.chunks; i++) {
+      dirty[i] = table.dirty[i]! | table.writing[i]! | (table.unsynced[i] !== RemoteSync.CLEAN ? 1 : 0);
+    }
     let local = this.#durableLocal;
     if (full) {
-      local = this.#spareLocal.fill(0);
-      this.#source.fillLocal(local);
+      local = this.#spareLocal;
+      for (let i = 0; i < this.chunks; i++) local[i] = table.state[i] === ChunkState.LOCAL ? 1 : 0;
     }
     this.#savingLocal = local;
     this.#savingDirty = dirty;
     try {
-      if (full) await this.#source.syncCache();
+      if (full) await this.#syncCache!();
       const sequence = this.#sequence + 1;
       this.#encode(local, dirty, sequence);
       await this.#handle.write(this.#slot, 0, this.#slot.length, (sequence % 2) * this.#slot.length);
@@ -284,6 +280,10 @@ export class CacheState {
       this.#spareLocal = this.#durableLocal;
       this.#durableLocal = local;
     }
+  }
+
+  #checkTable(table: ChunkTable): void {
+    table.checkGeometry(this.#identity.chunkSize, this.#identity.size, `cache state ${this.path}`);
   }
 
   #encode(local: Uint8Array, dirty: Uint8Array, sequence: number): void {

@@ -1,8 +1,9 @@
 /**
  * Direct mounts, composed in one place. `openDeviceStack()` lists the stages top-down:
  *
- *   backend (opened from its URI, or the caller's)
- *     → whole chunks (ArbitraryReadWriterAt, only when chunkSize > 0)
+ *   backend (opened from its URI through compose.ts, or the caller's)
+ *     → LatencyBackend (latencyMs > 0: a simulated round trip, tests and benchmarks)
+ *     → whole chunks (ArbitraryReadWriterAt; only with a chunk size, default 'none')
  *     → NBD server with one export
  *     → transport: the kernel NBD client (/dev/nbdN) or nbdfuse + losetup (/dev/loopN)
  *     → device path
@@ -18,11 +19,14 @@
 import { open } from 'node:fs/promises';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { openBackend } from '../backends/open.js';
 import { attachNbdDevice } from '../kernel/nbd-device.js';
 import { NbdServer } from '../nbd/server.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
+import { LatencyBackend } from '../pipeline/latency.js';
 import type { Backend } from '../pipeline/types.js';
+import { checkChunkSize } from '../util/chunks.js';
+import { runStepsOrThrow, undoAndThrow, type UndoStep } from '../util/undo.js';
+import { composeBackend, openComposed } from './compose.js';
 import { attachFuseLoop } from './fuse-loop.js';
 import { chooseTransport, isTransport, type ResolvedTransport, type Transport } from './transport.js';
 
@@ -43,8 +47,14 @@ export interface DirectMountOptions {
   /** Bytes; needed for memory and new files. A multiple of 4096. */
   readonly size?: number;
   readonly readOnly?: boolean;
-  /** > 0: the backend only sees whole chunks of this many bytes; 0 (default): no chunking layer. */
-  readonly chunkSize?: number;
+  /**
+   * The unit the mount reads and writes the backend in, as in a managed mount: the backend only
+   * sees whole, aligned chunks of this many bytes. 'none' (the default): no chunking layer, the
+   * backend sees the requests as they come.
+   */
+  readonly chunkSize?: number | 'none';
+  /** Add this many milliseconds to every backend call (a simulated round trip); default 0. */
+  readonly latencyMs?: number;
   /** Default 'auto': nbd where the kernel has the driver, fuse-loop otherwise. */
   readonly transport?: Transport;
   /** A specific /dev/nbdN or /dev/loopN instead of the first free one. */
@@ -59,7 +69,8 @@ export interface ResolvedDirectMountOptions {
   readonly backend: Backend | undefined;
   readonly size: number | undefined;
   readonly readOnly: boolean;
-  readonly chunkSize: number;
+  readonly chunkSize: number | 'none';
+  readonly latencyMs: number;
   readonly transport: Transport;
   readonly device: string | undefined;
   readonly loopDirectIo: boolean;
@@ -70,8 +81,11 @@ export function resolveDirectMountOptions(options: DirectMountOptions): Resolved
   if ((options.backendUri === undefined) === (options.backend === undefined)) {
     throw new UsageError('a direct mount needs exactly one of backendUri and backend');
   }
-  const chunkSize = options.chunkSize ?? 0;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 0) throw new UsageError(`chunk size ${chunkSize} must be a whole number of bytes (0 = no chunking)`);
+  const chunkSize = options.chunkSize ?? 'none';
+  if (chunkSize === 0) throw new UsageError("a chunk size of 0 is not a size: say 'none' (--chunk-size none) for no chunking layer");
+  if (chunkSize !== 'none') checkChunkSize(chunkSize, 'the chunk size of a direct mount');
+  const latencyMs = options.latencyMs ?? 0;
+  if (!Number.isFinite(latencyMs) || latencyMs < 0) throw new UsageError(`latencyMs must be a number of milliseconds >= 0, got ${String(latencyMs)}`);
   if (options.size !== undefined) checkSize(options.size);
   const transport = options.transport ?? 'auto';
   if (!isTransport(transport)) throw new UsageError(`transport '${String(transport)}' is not one of nbd, fuse-loop, auto`);
@@ -81,6 +95,7 @@ export function resolveDirectMountOptions(options: DirectMountOptions): Resolved
     size: options.size,
     readOnly: options.readOnly ?? options.backend?.readOnly ?? false,
     chunkSize,
+    latencyMs,
     transport,
     device: options.device,
     loopDirectIo: options.loopDirectIo ?? true,
@@ -106,11 +121,6 @@ export interface DeviceStack {
   close(): Promise<void>;
 }
 
-interface UndoStep {
-  readonly what: string;
-  readonly run: () => Promise<void>;
-}
-
 interface Attached {
   readonly path: string;
   readonly closed: Promise<Error | undefined>;
@@ -122,13 +132,14 @@ export async function openDeviceStack(options: ResolvedDirectMountOptions, log: 
   const transport = chooseTransport(options.transport, log, options.device);
   const undo: UndoStep[] = [];
   try {
-    const backend = options.backend ?? (await openBackend(options.backendUri!, { ...(options.size !== undefined ? { size: options.size } : {}), readOnly: options.readOnly }));
+    const backend = options.backend !== undefined ? composeBackend(options.backend) : await openComposed(options.backendUri!, { ...(options.size !== undefined ? { size: options.size } : {}), readOnly: options.readOnly });
     undo.unshift({ what: 'close the backend', run: () => backend.close() });
     checkSize(backend.size);
     if (options.size !== undefined && backend.size !== options.size) {
       throw new UsageError(`the backend has ${backend.size} bytes, not the ${options.size} asked for`);
     }
-    const next = options.chunkSize > 0 ? wholeChunks(backend, options.chunkSize) : backend;
+    const slowed = options.latencyMs > 0 ? withLatency(backend, options.latencyMs, log) : backend;
+    const next = options.chunkSize !== 'none' ? wholeChunks(slowed, options.chunkSize) : slowed;
     const server = new NbdServer({ exports: [{ name: EXPORT_NAME, backend: next, readOnly: options.readOnly }], log });
     undo.unshift({ what: 'close the NBD server', run: () => server.close() });
     const device = await attach(transport, server, backend.size, options, log);
@@ -136,10 +147,14 @@ export async function openDeviceStack(options: ResolvedDirectMountOptions, log: 
     log.info({ device: device.path, transport, size: backend.size, chunkSize: options.chunkSize, readOnly: options.readOnly }, `direct mount ready on ${device.path}`);
     return new OpenStack(device.path, transport, backend, device.closed, undo, log);
   } catch (err) {
-    const failures = await runUndo(undo, log);
-    if (failures.length === 0) throw err;
-    throw new AggregateError([err, ...failures], `${(err as Error).message} (and ${failures.length} cleanup step(s) failed)`, { cause: err });
+    return undoAndThrow(err, undo, log, 'direct mount');
   }
+}
+
+/** The backend behind a simulated round trip on every call (its close() closes the backend). */
+function withLatency(backend: Backend, latencyMs: number, log: Logger): Backend {
+  log.info({ latencyMs }, `simulated backend latency: ${latencyMs} ms per call`);
+  return new LatencyBackend(backend, { readLatencyMs: latencyMs, writeLatencyMs: latencyMs });
 }
 
 function attach(transport: ResolvedTransport, server: NbdServer, size: number, options: ResolvedDirectMountOptions, log: Logger): Promise<Attached> {
@@ -172,19 +187,6 @@ function wholeChunks(backend: Backend, chunkSize: number): Backend {
   };
 }
 
-async function runUndo(undo: readonly UndoStep[], log: Logger): Promise<unknown[]> {
-  const failures: unknown[] = [];
-  for (const step of undo) {
-    try {
-      await step.run();
-    } catch (err) {
-      log.error({ err }, `direct mount: failed to ${step.what}: ${(err as Error).message}`);
-      failures.push(err);
-    }
-  }
-  return failures;
-}
-
 class OpenStack implements DeviceStack {
   readonly path: string;
   readonly transport: ResolvedTransport;
@@ -210,10 +212,7 @@ class OpenStack implements DeviceStack {
   }
 
   close(): Promise<void> {
-    this.#closing ??= runUndo(this.#undo, this.#log).then((failures) => {
-      if (failures.length > 0) {
-        throw new AggregateError(failures, `closing the mount of ${this.path}: ${failures.map((e) => (e as Error).message).join('; ')}`);
-      }
+    this.#closing ??= runStepsOrThrow(this.#undo, this.#log, 'direct mount', `closing the mount of ${this.path}`).then(() => {
       this.#log.info({ device: this.path }, 'direct mount closed');
     });
     return this.#closing;

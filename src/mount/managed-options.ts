@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { UsageError } from '../errors.js';
+import { checkChunkSize, DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 import type { Logger } from '../log.js';
 import { pullPriorityByName, type PullPriority, type PullPriorityName } from '../pipeline/pull-priority.js';
 import type { Backend } from '../pipeline/types.js';
@@ -14,7 +15,7 @@ import { isTransport, type Transport } from './transport.js';
 export type ManagedPullPriority = PullPriorityName | PullPriority | { readonly hotRangesFile: string };
 
 export const MANAGED_DEFAULTS = Object.freeze({
-  chunkSize: 64 * 1024,
+  chunkSize: DEFAULT_CHUNK_SIZE,
   pullWorkers: 64,
   pushWorkers: 16,
   pushIntervalMs: 5000,
@@ -111,10 +112,7 @@ export function resolveManagedMountOptions(options: ManagedMountOptions): Resolv
   if ((options.remote === undefined) === (options.remoteUri === undefined)) {
     throw new UsageError('a managed mount needs exactly one of remote and remoteUri');
   }
-  const chunkSize = options.chunkSize ?? MANAGED_DEFAULTS.chunkSize;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_CHUNK_SIZE) {
-    throw new UsageError(`a managed mount needs a chunk size from 1 byte to 32 MiB, got ${String(chunkSize)}`);
-  }
+  const chunkSize = checkChunkSize(options.chunkSize ?? MANAGED_DEFAULTS.chunkSize, 'the chunk size of a managed mount', MAX_CHUNK_SIZE);
   const pullWorkers = count('pullWorkers', options.pullWorkers, MANAGED_DEFAULTS.pullWorkers, 65536);
   const pullFirst = options.pullFirst ?? false;
   if (pullFirst && pullWorkers === 0) throw new UsageError('pullFirst needs pull workers (pullWorkers > 0)');

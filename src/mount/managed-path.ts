@@ -8,76 +8,45 @@
  * asynchronously from this one (never with synchronous I/O from this thread).
  */
 import { EventEmitter } from 'node:events';
-import { ClosedError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { openManagedStack, type AttachDevice, type ManagedMountEvents, type ManagedMountStats, type ManagedStack } from './managed.js';
 import { resolveManagedMountOptions, type ManagedMountOptions, type ResolvedManagedMountOptions } from './managed-options.js';
-import type { ResolvedTransport } from './transport.js';
+import { PathMount } from './path-mount.js';
 
 export type ManagedPathMountOptions = ManagedMountOptions;
 
-export class ManagedPathMount {
+export class ManagedPathMount extends PathMount<ManagedStack> {
   readonly options: ResolvedManagedMountOptions;
   /** 'progress' and 'error' (background failures, already logged). */
   readonly events = new EventEmitter<ManagedMountEvents>();
   readonly #log: Logger;
   readonly #attach: AttachDevice | undefined;
-  #opening: Promise<ManagedStack> | undefined;
-  #stack: ManagedStack | undefined;
-  #closing: Promise<void> | undefined;
 
   /** `attach` replaces the device (tests drive the stack without a kernel). */
   constructor(options: ManagedPathMountOptions, attach?: AttachDevice) {
+    super('managed path mount');
     this.options = resolveManagedMountOptions(options);
     this.#log = (options.log ?? silentLogger).child({ component: 'managed-mount' });
     this.#attach = attach;
   }
 
-  /** Opens the remote and the cache, starts pulling, attaches the device; resolves with its path. */
-  async open(): Promise<string> {
-    if (this.#closing !== undefined) throw new ClosedError('managed path mount');
-    this.#opening ??= openManagedStack(this.options, this.#log, this.events, this.#attach).then((stack) => (this.#stack = stack));
-    return (await this.#opening).path;
-  }
-
-  get path(): string {
-    return this.#need().path;
-  }
-
-  get transport(): ResolvedTransport {
-    return this.#need().transport;
-  }
-
-  get size(): number {
-    return this.#need().size;
-  }
-
-  /** Resolves with an Error when the device goes away on its own, with undefined after close(). */
-  get closed(): Promise<Error | undefined> {
-    return this.#need().closed;
-  }
-
   stats(): ManagedMountStats {
-    return this.#need().stats();
+    return this.stack().stats();
   }
 
   /** onBeforeSync, fsync of the device, push every dirty chunk; resolves when the remote has them. */
-  sync(): Promise<void> {
-    if (this.#closing !== undefined) return Promise.reject(new ClosedError('managed path mount'));
-    return this.#need().sync();
+  async sync(): Promise<void> {
+    this.assertNotClosing();
+    return this.stack().sync();
   }
 
-  /** Final sync, onBeforeClose, detach, stop workers, close cache and remote; idempotent. */
-  close(): Promise<void> {
-    this.#closing ??= (async () => {
-      const stack = await this.#opening?.catch(() => undefined);
-      await stack?.close();
-    })();
-    return this.#closing;
+  /** Opens the remote and the cache, starts pulling, attaches the device. */
+  protected openStack(): Promise<ManagedStack> {
+    return openManagedStack(this.options, this.#log, this.events, this.#attach);
   }
 
-  #need(): ManagedStack {
-    if (this.#stack === undefined) throw new ClosedError('managed path mount (not open)');
-    return this.#stack;
+  /** Final sync, onBeforeClose, detach, stop workers, close cache and remote. */
+  protected closeStack(stack: ManagedStack): Promise<void> {
+    return stack.close();
   }
 }

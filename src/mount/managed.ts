@@ -7,15 +7,16 @@
  *     → ManagedBackend: FLUSH = file cache: save the cache state (cache fdatasync, then the state);
  *                              memory cache: push every dirty chunk (nothing else survives a crash)
  *     → ArbitraryReadWriterAt: any range → whole chunks; partial writes are RMW under a chunk lock
- *     → WriteMarks: every write is pushed (and, with a file cache, gated by the cache state)
+ *     → WriteMarks: every write marks its chunk dirty once it landed (gated by the cache state)
  *     → SyncedReadWriterAt ◄── Puller (pullWorkers, pullPriority; started before the device)
- *         onChunkIsLocal: pusher.markPushable + the caller's hook + progress, push on or off
- *     → Pusher (pushWorkers, pushIntervalMs; absent with 0 push workers)
  *     → local cache (MemoryBackend, or FileBackend + CacheState in `<cache>.r3map-state`)
- *   and, for remote reads and pushes:
+ *   beside the data path: Pusher (pushWorkers, pushIntervalMs; absent with 0 push workers) pushes
+ *   the dirty chunks from the local cache, and for remote reads and pushes:
  *     → RemoteStage (pulled/pushed bytes; chunks pushed but not yet remote-synced)
  *     → LatencyBackend (latencyMs > 0, tests and benchmarks)
- *     → remote (the caller's Backend, or opened from remoteUri)
+ *     → remote (the caller's Backend, or opened from remoteUri through compose.ts)
+ *   Every per-chunk fact lives in one ChunkTable the stages share (pipeline/chunk-table.ts);
+ *   the CacheState saves and restores that table.
  *
  * Concurrent start: the puller starts before the device is attached, and the bytes it pulled by
  * the time the device was ready are logged and kept in stats().
@@ -30,20 +31,24 @@ import { ClosedError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { FileBackend } from '../backends/file.js';
 import { MemoryBackend } from '../backends/memory.js';
-import { openBackend } from '../backends/open.js';
 import { redactUri } from '../backends/uri.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
+import { ChunkTable } from '../pipeline/chunk-table.js';
 import { LatencyBackend } from '../pipeline/latency.js';
 import { Puller } from '../pipeline/puller.js';
 import type { PullPriority } from '../pipeline/pull-priority.js';
 import { Pusher } from '../pipeline/pusher.js';
+import { RemoteStage } from '../pipeline/remote-stage.js';
 import { SyncedReadWriterAt } from '../pipeline/synced.js';
 import type { Backend } from '../pipeline/types.js';
-import { BLOCK_SIZE, fsyncDevice, openDeviceStack, resolveDirectMountOptions } from './direct.js';
+import { WriteMarks } from '../pipeline/write-marks.js';
+import { runStepsOrThrow, undoAndThrow, type UndoStep } from '../util/undo.js';
 import { CacheState } from './cache-state.js';
+import { composeBackend, openComposed } from './compose.js';
+import { BLOCK_SIZE, fsyncDevice, openDeviceStack, resolveDirectMountOptions } from './direct.js';
 import { hotRangesPriority, loadHotRanges } from './hot-ranges.js';
+import { ManagedBackend } from './managed-backend.js';
 import type { ResolvedManagedMountOptions } from './managed-options.js';
-import { ManagedBackend, RemoteStage, WriteMarks } from './managed-stages.js';
 import type { ResolvedTransport } from './transport.js';
 
 export interface ManagedProgress {
@@ -109,66 +114,39 @@ export async function attachDevice(backend: Backend, options: ResolvedManagedMou
   };
 }
 
-interface UndoStep {
-  readonly what: string;
-  readonly run: () => Promise<unknown>;
-}
-
 /** The stages, top-down (see the file comment); `attach` is the device, last. */
 export async function openManagedStack(options: ResolvedManagedMountOptions, log: Logger, events: EventEmitter<ManagedMountEvents>, attach: AttachDevice = attachDevice): Promise<ManagedStack> {
   const { chunkSize, readOnly } = options;
   const undo: UndoStep[] = [];
   const report = (err: unknown): void => void (events.listenerCount('error') > 0 && events.emit('error', err));
   try {
-    const opened = options.remote ?? (await openBackend(options.remoteUri!, { ...(options.size !== undefined ? { size: options.size } : {}), log }));
+    const opened = options.remote !== undefined ? composeBackend(options.remote)
+      : await openComposed(options.remoteUri!, { ...(options.size !== undefined ? { size: options.size } : {}), log });
     undo.unshift({ what: 'close the remote', run: () => opened.close() });
     const size = checkRemote(opened, options);
+    const table = new ChunkTable({ chunkSize, size });
     const remote = options.latencyMs > 0 ? new LatencyBackend(opened, { readLatencyMs: options.latencyMs, writeLatencyMs: options.latencyMs }) : opened;
-    const remoteStage = new RemoteStage(remote, chunkSize);
+    const remoteStage = new RemoteStage(remote, table);
     const remoteId = options.remoteId ?? (options.remoteUri !== undefined ? redactUri(options.remoteUri) : '');
     const state = options.cache === 'memory' ? undefined : await CacheState.load(options.cache, { size, chunkSize, remoteId }, {
       reset: options.resetCache, intervalMs: options.stateIntervalMs, onError: report, log,
     });
     const local = options.cache === 'memory' ? new MemoryBackend({ size, chunkSize }) : await FileBackend.open(options.cache, { size, create: true });
     undo.unshift({ what: 'close the cache', run: () => local.close() });
-    const pusher = options.pushWorkers > 0 ? new Pusher(local, remoteStage, { chunkSize, size, workers: options.pushWorkers, intervalMs: options.pushIntervalMs, log }) : undefined;
+    state?.restoreInto(table);
     const onChunkIsLocal = (off: number): void => {
-      pusher?.markPushable(off);
-      state?.noteChange();
       options.onChunkIsLocal?.(off);
-      if (events.listenerCount('progress') > 0) events.emit('progress', { localChunks: synced.localCount, totalChunks: puller.totalChunks, pulledBytes: remoteStage.pulledBytes });
+      if (events.listenerCount('progress') > 0) events.emit('progress', { localChunks: table.localCount, totalChunks: table.chunks, pulledBytes: remoteStage.pulledBytes });
     };
-    const synced = new SyncedReadWriterAt(remoteStage, pusher ?? local, { chunkSize, size, onChunkIsLocal, onError: report });
-    const marks = new WriteMarks(synced, { chunkSize, size, pusher, state });
-    const arbitrary = new ArbitraryReadWriterAt(marks, { chunkSize, size });
-    const puller = new Puller(synced, { chunkSize, size, workers: options.pullWorkers, priority: await pullPriority(options), log });
-    const restored = state?.restored;
-    if (restored !== undefined && !restored.fresh) {
-      const localOffsets = restored.local.map((i) => i * chunkSize);
-      synced.markAsLocal(localOffsets);
-      if (pusher !== undefined) {
-        for (const off of localOffsets) pusher.markPushable(off);
-        pusher.markDirty(restored.dirty.map((i) => i * chunkSize));
-      } else {
-        marks.markWritten(restored.dirty);
-      }
-    }
+    const synced = new SyncedReadWriterAt(remoteStage, local, { chunkSize, size, table, onChunkIsLocal, onError: report });
+    const arbitrary = new ArbitraryReadWriterAt(new WriteMarks(synced, { table, ...(state !== undefined ? { gate: state } : {}) }), { chunkSize, size });
+    const puller = new Puller(synced, { chunkSize, size, table, workers: options.pullWorkers, priority: await pullPriority(options), log });
+    const pusher = options.pushWorkers > 0 ? new Pusher(table, local, remoteStage, { workers: options.pushWorkers, intervalMs: options.pushIntervalMs, log }) : undefined;
     if (state !== undefined) {
-      await state.open({
-        fillLocal: (bytes) => {
-          for (let i = 0; i < bytes.length; i++) if (synced.isLocal(i * chunkSize)) bytes[i] = 1;
-        },
-        fillDirty: (bytes) => {
-          if (pusher !== undefined) for (const off of pusher.dirtyOffsets()) bytes[off / chunkSize] = 1;
-          remoteStage.fillUnsynced(bytes);
-          marks.fillWritten(bytes);
-        },
-        syncCache: () => local.sync(),
-      });
+      await state.open(table, () => local.sync());
       undo.unshift({ what: 'close the cache state', run: () => state.close() });
     }
     if (pusher !== undefined) {
-      pusher.on('push', () => state?.noteChange());
       pusher.on('error', report);
       pusher.open();
       undo.unshift({ what: 'close the pusher', run: () => pusher.close() });
@@ -180,12 +158,10 @@ export async function openManagedStack(options: ResolvedManagedMountOptions, log
     if (options.pullFirst) await puller.wait();
     const flush = state !== undefined ? () => state.save('full') : pusher !== undefined ? () => pusher.sync().then(() => undefined) : () => Promise.resolve();
     const device = await attach(new ManagedBackend(arbitrary, size, readOnly, flush), options, log);
-    const parts = { options, log, events, remote: opened, remoteStage, local, state, pusher, synced, marks, puller, device };
-    return new ManagedStack(parts, remoteStage.pulledBytes, restored?.local.length ?? 0);
+    const parts = { options, log, events, remote: opened, remoteStage, local, state, pusher, table, puller, device };
+    return new ManagedStack(parts, remoteStage.pulledBytes, state?.restored.local.length ?? 0);
   } catch (err) {
-    const failures = await runSteps(undo, log);
-    if (failures.length === 0) throw err;
-    throw new AggregateError([err, ...failures], `${(err as Error).message} (and ${failures.length} cleanup step(s) failed)`, { cause: err });
+    return undoAndThrow(err, undo, log, 'managed mount');
   }
 }
 
@@ -207,19 +183,6 @@ async function pullPriority(options: ResolvedManagedMountOptions): Promise<PullP
   return hotRangesPriority(await loadHotRanges(priority.hotRangesFile), options.chunkSize, priority.hotRangesFile);
 }
 
-async function runSteps(steps: readonly UndoStep[], log: Logger): Promise<unknown[]> {
-  const failures: unknown[] = [];
-  for (const step of steps) {
-    try {
-      await step.run();
-    } catch (err) {
-      log.error({ err }, `managed mount: failed to ${step.what}: ${(err as Error).message}`);
-      failures.push(...(err instanceof AggregateError ? err.errors : [err]));
-    }
-  }
-  return failures;
-}
-
 interface StackParts {
   readonly options: ResolvedManagedMountOptions;
   readonly log: Logger;
@@ -229,8 +192,7 @@ interface StackParts {
   readonly local: Backend;
   readonly state: CacheState | undefined;
   readonly pusher: Pusher | undefined;
-  readonly synced: SyncedReadWriterAt;
-  readonly marks: WriteMarks;
+  readonly table: ChunkTable;
   readonly puller: Puller;
   readonly device: ManagedDevice;
 }
@@ -269,13 +231,13 @@ export class ManagedStack {
   }
 
   stats(): ManagedMountStats {
-    const { synced, pusher, marks, remoteStage, puller, options } = this.#p;
+    const { table, remoteStage, options } = this.#p;
     return Object.freeze({
       size: this.size,
       chunkSize: options.chunkSize,
-      totalChunks: puller.totalChunks,
-      localChunks: synced.localCount,
-      dirtyChunks: pusher !== undefined ? pusher.dirtyOffsets().length : marks.writtenChunks,
+      totalChunks: table.chunks,
+      localChunks: table.localCount,
+      dirtyChunks: table.dirtyCount,
       pulledBytes: remoteStage.pulledBytes,
       pushedBytes: remoteStage.pushedBytes,
       pulledBeforeReadyBytes: this.#pulledBeforeReady,
@@ -315,10 +277,7 @@ export class ManagedStack {
       { what: 'close the cache', run: () => local.close() },
       { what: 'close the remote', run: () => remote.close() },
     ];
-    const failures = await runSteps(steps, log);
-    if (failures.length > 0) {
-      throw new AggregateError(failures, `closing the managed mount of ${this.path}: ${failures.map((e) => (e as Error).message).join('; ')}`);
-    }
+    await runStepsOrThrow(steps, log, 'managed mount', `closing the managed mount of ${this.path}`);
     log.info({ device: this.path, ...this.stats() }, 'managed mount closed');
   }
 

@@ -59,7 +59,7 @@ import {
   NbdOpt,
   nameOf,
 } from './constants.js';
-import type { NbdExport } from './server.js';
+import type { NbdExport } from './export.js';
 
 export interface HandshakeOptions {
   readonly exports: readonly NbdExport[];

@@ -13,19 +13,14 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import { ClosedError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { Backend } from '../pipeline/types.js';
 import { NBD_MAX_STRING } from './constants.js';
+import type { NbdExport } from './export.js';
 import { Handshake, isReadOnly, transmissionFlagsFor, type HandshakeOptions } from './handshake.js';
 import { formatListenAddress, type ListenAddress } from './listen-address.js';
 import { Transmission } from './transmission.js';
-import { resolveServerTls, upgradeServerSocket, type NbdServerTlsOptions, type ResolvedServerTls } from './tls.js';
 
-export interface NbdExport {
-  readonly name: string;
-  readonly description?: string;
-  readonly backend: Backend;
-  readonly readOnly?: boolean;
-}
+export type { NbdExport } from './export.js';
+import { resolveServerTls, upgradeServerSocket, type NbdServerTlsOptions, type ResolvedServerTls } from './tls.js';
 
 export interface NbdServerOptions {
   /** The first one is also the default export (the empty name). */

@@ -9,6 +9,9 @@
  * - A partial-chunk write is read-modify-write under that chunk's lock, so concurrent partial
  *   writes to one chunk all survive. A whole aligned chunk is written without the read, but under
  *   the same lock, so it orders with an RMW of that chunk in progress.
+ * - `writev` (one write given as pieces) splits the pieces at chunk boundaries without copying:
+ *   a chunk inside one piece is written from a view of it, one spanning pieces goes to
+ *   `next.writev` (or is gathered into a pooled buffer when `next` has none).
  * - Pooled buffers are zero-filled before reuse; no view of the caller's buffer outlives the call.
  * Assumes of `next`: whole chunks only (chunk i = [i*chunkSize, min((i+1)*chunkSize, size)), the
  * last one may be short), reads fill the whole buffer or reject, concurrent calls are allowed, and
@@ -19,7 +22,7 @@ import { chunkCount, chunkLength } from '../util/chunks.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkLocks } from './chunk-locks.js';
 import { resolveGeometry } from './chunked.js';
-import type { ReadWriterAt } from './types.js';
+import type { ReadWriterAt, ScatterWriter } from './types.js';
 
 export interface ArbitraryOptions {
   /** Bytes per chunk of `next` (> 0). */
@@ -38,14 +41,14 @@ async function settleAll(parts: readonly Promise<void>[]): Promise<void> {
   for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
-export class ArbitraryReadWriterAt implements ReadWriterAt {
+export class ArbitraryReadWriterAt implements ReadWriterAt, Required<ScatterWriter> {
   readonly chunkSize: number;
   readonly size: number;
-  readonly #next: ReadWriterAt;
+  readonly #next: ReadWriterAt & ScatterWriter;
   readonly #locks: ChunkLocks;
   readonly #pool: BufferPool;
 
-  constructor(next: ReadWriterAt, options: ArbitraryOptions) {
+  constructor(next: ReadWriterAt & ScatterWriter, options: ArbitraryOptions) {
     const { chunkSize, size } = resolveGeometry(options);
     this.#next = next;
     this.chunkSize = chunkSize;
@@ -74,6 +77,37 @@ export class ArbitraryReadWriterAt implements ReadWriterAt {
     const parts: Array<Promise<void>> = [];
     for (let i = first; i <= last; i++) parts.push(this.#writeChunk(buf, off, i));
     return settleAll(parts);
+  }
+
+  /** One write of the pieces' total length at `off`, the pieces as if concatenated. */
+  async writev(bufs: readonly Buffer[], off: number): Promise<void> {
+    let length = 0;
+    for (const b of bufs) length += b.length;
+    this.#checkRange(off, length);
+    if (length === 0) return;
+    const parts: Array<Promise<void>> = [];
+    const end = off + length;
+    let piece = 0;
+    let at = 0; // position inside bufs[piece]
+    for (let pos = off; pos < end;) {
+      const i = Math.floor(pos / this.chunkSize);
+      const stop = Math.min((i + 1) * this.chunkSize, end);
+      const from = pos;
+      const views: Buffer[] = [];
+      while (pos < stop) {
+        const b = bufs[piece]!;
+        const take = Math.min(b.length - at, stop - pos);
+        if (take > 0) views.push(b.subarray(at, at + take));
+        at += take;
+        pos += take;
+        if (at === b.length) {
+          piece++;
+          at = 0;
+        }
+      }
+      parts.push(views.length === 1 ? this.#writeChunk(views[0]!, from, i) : this.#writeViews(views, from, i));
+    }
+    return parts.length === 1 ? parts[0]! : settleAll(parts);
   }
 
   #checkRange(off: number, length: number): void {
@@ -110,16 +144,47 @@ export class ArbitraryReadWriterAt implements ReadWriterAt {
         await this.#next.writeAt(buf.subarray(from - off, to - off), chunkOff);
         return;
       }
+      await this.#modify(chunkOff, chunkLen, (tmp) => buf.copy(tmp, from - chunkOff, from - off, to - off));
+    } finally {
+      release();
+    }
+  }
+
+  /** Writes `views` (the pieces of [from, from + their length), all inside chunk i) under its lock. */
+  async #writeViews(views: readonly Buffer[], from: number, i: number): Promise<void> {
+    const chunkOff = i * this.chunkSize;
+    const chunkLen = chunkLength(chunkOff, this.size, this.chunkSize);
+    let length = 0;
+    for (const v of views) length += v.length;
+    const gather = (tmp: Buffer): void => {
+      let at = from - chunkOff;
+      for (const v of views) at += v.copy(tmp, at);
+    };
+    const release = await this.#locks.acquire(i);
+    try {
+      if (length !== chunkLen) return await this.#modify(chunkOff, chunkLen, gather);
+      if (this.#next.writev !== undefined) return await this.#next.writev(views, chunkOff);
       const tmp = this.#pool.take(chunkLen);
       try {
-        await this.#next.readAt(tmp, chunkOff);
-        buf.copy(tmp, from - chunkOff, from - off, to - off);
+        gather(tmp);
         await this.#next.writeAt(tmp, chunkOff);
       } finally {
         this.#pool.give(tmp);
       }
     } finally {
       release();
+    }
+  }
+
+  /** Read-modify-write of a whole chunk (its lock held by the caller): `change` edits the copy. */
+  async #modify(chunkOff: number, chunkLen: number, change: (tmp: Buffer) => void): Promise<void> {
+    const tmp = this.#pool.take(chunkLen);
+    try {
+      await this.#next.readAt(tmp, chunkOff);
+      change(tmp);
+      await this.#next.writeAt(tmp, chunkOff);
+    } finally {
+      this.#pool.give(tmp);
     }
   }
 }

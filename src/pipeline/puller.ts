@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ClosedError, MisalignedError, OutOfRangeError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { chunkCount, chunkLength } from '../util/chunks.js';
+import { ChunkTable, PullState } from './chunk-table.js';
 import { ascending, pullOrder, type PullPriority } from './pull-priority.js';
 import type { ReaderAt } from './types.js';
 
@@ -21,6 +22,8 @@ export interface PullerOptions {
   readonly retries?: number;
   /** Backoff before the first retry, doubled for each further one (default 100). */
   readonly retryDelayMs?: number;
+  /** The stack's chunk table (its `pull` column is this puller's queue); default: a table of its own. */
+  readonly table?: ChunkTable;
   readonly log?: Logger;
 }
 
@@ -35,9 +38,9 @@ export interface PullerEvents {
   error: [unknown];
 }
 
-/** Per-chunk state; counts are derived from it (#census), never kept apart from it. */
-const CHUNK = { queued: 0, pulling: 1, pullingStale: 2, pulled: 3 } as const;
-type ChunkState = (typeof CHUNK)[keyof typeof CHUNK];
+/** Per-chunk queue state (the table's `pull` column); counts are derived from it (#census). */
+const CHUNK = { queued: PullState.QUEUED, pulling: PullState.PULLING, pullingStale: PullState.PULLING_STALE, pulled: PullState.PULLED } as const;
+type ChunkState = PullState;
 
 /**
  * Pulls every chunk (the last one included) through `source` with `workers` concurrent pulls, in
@@ -55,7 +58,7 @@ type ChunkState = (typeof CHUNK)[keyof typeof CHUNK];
  * - Idle workers park on a promise until finalize() or close(); they never poll.
  */
 export class Puller extends EventEmitter<PullerEvents> {
-  readonly options: Readonly<Required<Omit<PullerOptions, 'log'>>>;
+  readonly options: Readonly<Required<Omit<PullerOptions, 'log' | 'table'>>>;
   readonly totalChunks: number;
   readonly #source: PullSource;
   readonly #usePull: boolean;
@@ -91,7 +94,9 @@ export class Puller extends EventEmitter<PullerEvents> {
     this.#usePull = typeof source.pull === 'function';
     this.#log = (options.log ?? silentLogger).child({ component: 'puller' });
     this.#order = pullOrder(this.totalChunks, priority);
-    this.#state = new Uint8Array(this.totalChunks);
+    const table = options.table ?? new ChunkTable({ chunkSize, size });
+    table.checkGeometry(chunkSize, size, 'puller');
+    this.#state = table.pull;
     this.#census[CHUNK.queued] = this.totalChunks;
     this.#done = new Promise<void>((resolve, reject) => {
       this.#resolve = resolve;

@@ -1,17 +1,12 @@
 import { EventEmitter } from 'node:events';
-import { ClosedError, MisalignedError, OutOfRangeError, UsageError } from '../errors.js';
+import { ClosedError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { chunkCount } from '../util/chunks.js';
-import { ChunkLocks } from './chunk-locks.js';
-import type { ReadWriterAt, WriterAt } from './types.js';
+import type { ChunkTable } from './chunk-table.js';
+import type { ReaderAt, WriterAt } from './types.js';
 
 export type PushTarget = WriterAt & Partial<{ sync(): Promise<void> }>;
 
 export interface PusherOptions {
-  /** Bytes per chunk; every chunk but the last is this long. */
-  readonly chunkSize: number;
-  /** Bytes in total; need not be a multiple of chunkSize. */
-  readonly size: number;
   /** Concurrent pushes, at least 1: 0 push workers means "no pusher", so do not build one. */
   readonly workers: number;
   /** Push dirty chunks every intervalMs; 0 = only on sync() and close(). */
@@ -26,32 +21,27 @@ export interface PusherEvents {
   error: [unknown];
 }
 
-/** Per-chunk state; a Uint32Array of write generations sits beside it. */
-const CHUNK = { unpushable: 0, clean: 1, dirty: 2 } as const;
 /** Rounds one sync() makes to re-push chunks written during its own pushes (see #run). */
 const MAX_ROUNDS = 8;
 const noop = (): void => {};
 
 /**
- * Sits between the synced stage and the local store (whole-chunk, aligned calls) and pushes
- * changed chunks local → remote. Reads go straight to `local`. A write to a pushable chunk marks
- * it dirty after the local write landed, under the chunk's lock, and bumps its generation; a push
- * clears the dirty bit only if the generation it read is still current, so a write that lands
- * while its chunk is being pushed is pushed again. `markPushable(off)` must come before the writes
- * that should be pushed (use `markDirty` for data written earlier).
+ * Pushes the chunks the table says are dirty, local → remote. It is not in the data path: the
+ * write-marking stage (write-marks.ts) sets a chunk's `dirty` bit and bumps its `generation` after
+ * each write landed in `local`, and a push clears the bit only if the generation it read before
+ * reading the chunk is still current. A write that lands while its chunk is being pushed (even one
+ * the push read half of) therefore leaves the chunk dirty, and it is pushed again; no lock is
+ * needed between writes and pushes, because the mark always follows the data.
  *
  * sync() runs never overlap: a sync() during a run waits for it and then runs again, so once it
  * resolves the remote holds every write that completed before sync() was called.
  */
-export class Pusher extends EventEmitter<PusherEvents> implements ReadWriterAt {
-  readonly options: Readonly<Omit<PusherOptions, 'log'>>;
-  readonly #local: ReadWriterAt;
+export class Pusher extends EventEmitter<PusherEvents> {
+  readonly options: Readonly<{ chunkSize: number; size: number; workers: number; intervalMs: number }>;
+  readonly #table: ChunkTable;
+  readonly #local: ReaderAt;
   readonly #remote: PushTarget;
   readonly #log: Logger;
-  readonly #chunks: number;
-  readonly #state: Uint8Array;
-  readonly #generation: Uint32Array;
-  readonly #locks: ChunkLocks;
   readonly #buffers: Buffer[] = [];
   #interval: NodeJS.Timeout | undefined;
   #tail: Promise<unknown> = Promise.resolve();
@@ -60,64 +50,31 @@ export class Pusher extends EventEmitter<PusherEvents> implements ReadWriterAt {
   #failing = false;
   #closing: Promise<void> | undefined;
 
-  constructor(local: ReadWriterAt, remote: PushTarget, options: PusherOptions) {
+  constructor(table: ChunkTable, local: ReaderAt, remote: PushTarget, options: PusherOptions) {
     super();
-    const { chunkSize, size, workers, intervalMs } = options;
-    for (const [name, value, min] of [['chunkSize', chunkSize, 1], ['size', size, 0], ['workers', workers, 1],
-      ['intervalMs', intervalMs, 0]] as const) {
+    const { workers, intervalMs } = options;
+    for (const [name, value, min] of [['workers', workers, 1], ['intervalMs', intervalMs, 0]] as const) {
       if (!Number.isSafeInteger(value) || value < min) {
         const hint = name === 'workers' ? ' (0 push workers means no pusher: do not construct one)' : '';
         throw new UsageError(`pusher ${name} must be an integer >= ${min}, got ${String(value)}${hint}`);
       }
     }
-    this.options = Object.freeze({ chunkSize, size, workers, intervalMs });
+    this.options = Object.freeze({ chunkSize: table.chunkSize, size: table.size, workers, intervalMs });
+    this.#table = table;
     this.#local = local;
     this.#remote = remote;
     this.#log = (options.log ?? silentLogger).child({ component: 'pusher' });
-    this.#chunks = chunkCount(size, chunkSize);
-    this.#state = new Uint8Array(this.#chunks);
-    this.#generation = new Uint32Array(this.#chunks);
-    this.#locks = new ChunkLocks(this.#chunks);
   }
 
-  readAt(buf: Buffer, off: number): Promise<void> {
-    return this.#local.readAt(buf, off);
-  }
-
-  async writeAt(buf: Buffer, off: number): Promise<void> {
-    if (this.#closing !== undefined) throw new ClosedError('pusher');
-    const index = Math.floor(off / this.options.chunkSize);
-    if (this.#state[index] === CHUNK.unpushable) return this.#local.writeAt(buf, off);
-    const release = await this.#locks.acquire(index);
-    try {
-      await this.#local.writeAt(buf, off);
-      this.#markDirty(index);
-    } finally {
-      release();
-    }
-  }
-
-  /** From now on, writes to the chunk at `off` are pushed. */
-  markPushable(off: number): void {
-    const index = this.#index(off);
-    if (this.#state[index] === CHUNK.unpushable) this.#state[index] = CHUNK.clean;
-  }
-
-  isPushable(off: number): boolean {
-    return this.#state[this.#index(off)] !== CHUNK.unpushable;
-  }
-
-  /** Offsets of the chunks not yet pushed, ascending (to persist them). */
+  /** Offsets of the chunks not yet pushed, ascending. */
   dirtyOffsets(): number[] {
-    const offsets: number[] = [];
-    for (let i = 0; i < this.#chunks; i++) if (this.#state[i] === CHUNK.dirty) offsets.push(i * this.options.chunkSize);
-    return offsets;
+    return this.#table.dirtyIndexes().map((i) => i * this.options.chunkSize);
   }
 
-  /** Marks chunks pushable and dirty (to restore persisted state, or for data written earlier). */
+  /** Marks chunks dirty (data written to `local` behind the stack's back); validates every offset first. */
   markDirty(offsets: readonly number[]): void {
-    for (const off of offsets) this.#index(off);
-    for (const off of offsets) this.#markDirty(off / this.options.chunkSize);
+    for (const off of offsets) this.#table.indexOf(off);
+    for (const off of offsets) this.#table.markDirty(off / this.options.chunkSize);
   }
 
   /** Starts the push interval (none when intervalMs is 0). Idempotent. */
@@ -173,12 +130,12 @@ export class Pusher extends EventEmitter<PusherEvents> implements ReadWriterAt {
   async #run(): Promise<number> {
     this.#running = true;
     try {
-      let todo: number[] = [];
-      for (let i = 0; i < this.#chunks; i++) if (this.#state[i] === CHUNK.dirty) todo.push(i);
+      const dirty = this.#table.dirty;
+      let todo = this.#table.dirtyIndexes();
       const pushed = todo.length;
       for (let round = 0; todo.length > 0 && round < MAX_ROUNDS; round++) {
         await this.#pushAll(todo);
-        todo = todo.filter((i) => this.#state[i] === CHUNK.dirty);
+        todo = todo.filter((i) => dirty[i] === 1);
       }
       if (this.#remote.sync !== undefined) await this.#remote.sync();
       if (this.listenerCount('push') > 0) this.emit('push', { pushedChunks: pushed });
@@ -214,30 +171,12 @@ export class Pusher extends EventEmitter<PusherEvents> implements ReadWriterAt {
   }
 
   async #push(index: number, buf: Buffer): Promise<void> {
-    const { chunkSize, size } = this.options;
-    const off = index * chunkSize;
-    const chunk = off + chunkSize > size ? buf.subarray(0, size - off) : buf;
-    let generation: number;
-    const release = await this.#locks.acquire(index);
-    try {
-      generation = this.#generation[index]!;
-      await this.#local.readAt(chunk, off);
-    } finally {
-      release();
-    }
+    const table = this.#table;
+    const off = index * table.chunkSize;
+    const chunk = buf.subarray(0, table.lengthOf(index));
+    const generation = table.generation[index]!;
+    await this.#local.readAt(chunk, off);
     await this.#remote.writeAt(chunk, off);
-    if (this.#generation[index] === generation) this.#state[index] = CHUNK.clean;
-  }
-
-  #markDirty(index: number): void {
-    this.#state[index] = CHUNK.dirty;
-    this.#generation[index] = (this.#generation[index]! + 1) >>> 0;
-  }
-
-  #index(off: number): number {
-    const { chunkSize, size } = this.options;
-    if (off % chunkSize !== 0) throw new MisalignedError(off, chunkSize);
-    if (!Number.isSafeInteger(off) || off < 0 || off >= size) throw new OutOfRangeError(off, chunkSize, size, 'chunk offset');
-    return off / chunkSize;
+    table.markPushed(index, generation);
   }
 }

@@ -1,5 +1,6 @@
 /**
- * SyncedReadWriterAt: a remote reader plus a local store, one state per chunk (ChunkState).
+ * SyncedReadWriterAt: a remote reader plus a local store, one state per chunk (ChunkState), kept
+ * in the `state` column of the stack's ChunkTable (this stage is that column's only writer).
  *
  * Guarantees:
  * - A LOCAL chunk is read from and written to `local` directly.
@@ -17,49 +18,53 @@
  * Assumes: whole chunks only (it sits under ArbitraryReadWriterAt; others reject with the errors of
  * ChunkedReadWriterAt); `remote` and `local` allow concurrent calls, fill whole buffers, keep no view.
  */
-import { chunkCount, chunkLength } from '../util/chunks.js';
+import { chunkLength } from '../util/chunks.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkLocks } from './chunk-locks.js';
 import { ChunkState } from './chunk-state.js';
-import { resolveGeometry, wholeChunkError } from './chunked.js';
-import type { ReadWriterAt, ReaderAt } from './types.js';
+import { ChunkTable } from './chunk-table.js';
+import { wholeChunkError } from './chunked.js';
+import type { ReadWriterAt, ReaderAt, ScatterWriter } from './types.js';
 
 export interface SyncedOptions {
   readonly chunkSize: number;
   readonly size: number;
+  /** The stack's chunk table (its `state` column is this stage's); default: a table of its own. */
+  readonly table?: ChunkTable;
   /** Called with the chunk offset on every REMOTE -> LOCAL transition; a promise it returns is not awaited. */
   readonly onChunkIsLocal?: (off: number) => unknown;
   /** Receives what onChunkIsLocal threw or rejected with; default: process.emitWarning. */
   readonly onError?: (err: unknown) => void;
 }
 
-export class SyncedReadWriterAt implements ReadWriterAt {
+export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter> {
   readonly chunkSize: number;
   readonly size: number;
   readonly #remote: ReaderAt;
-  readonly #local: ReadWriterAt;
+  readonly #local: ReadWriterAt & ScatterWriter;
+  readonly table: ChunkTable;
   readonly #state: Uint8Array;
   readonly #locks: ChunkLocks;
   readonly #pool = new BufferPool({ maxPerSize: 16 });
   readonly #onChunkIsLocal: ((off: number) => unknown) | undefined;
   readonly #onError: ((err: unknown) => void) | undefined;
-  #localCount = 0;
 
-  constructor(remote: ReaderAt, local: ReadWriterAt, options: SyncedOptions) {
-    const { chunkSize, size } = resolveGeometry(options);
-    this.chunkSize = chunkSize;
-    this.size = size;
+  constructor(remote: ReaderAt, local: ReadWriterAt & ScatterWriter, options: SyncedOptions) {
+    this.table = options.table ?? new ChunkTable(options);
+    this.table.checkGeometry(options.chunkSize, options.size, 'synced');
+    this.chunkSize = this.table.chunkSize;
+    this.size = this.table.size;
     this.#remote = remote;
     this.#local = local;
-    this.#state = new Uint8Array(chunkCount(size, chunkSize));
-    this.#locks = new ChunkLocks(this.#state.length);
+    this.#state = this.table.state;
+    this.#locks = new ChunkLocks(this.table.chunks);
     this.#onChunkIsLocal = options.onChunkIsLocal;
     this.#onError = options.onError;
   }
 
   /** Chunks currently LOCAL. */
   get localCount(): number {
-    return this.#localCount;
+    return this.table.localCount;
   }
 
   isLocal(off: number): boolean {
@@ -78,6 +83,26 @@ export class SyncedReadWriterAt implements ReadWriterAt {
     if (err !== undefined) return Promise.reject(err);
     if (this.#state[off / this.chunkSize] === ChunkState.LOCAL) return this.#local.writeAt(buf, off);
     return this.#viaLock(buf, off, true);
+  }
+
+  /**
+   * One whole chunk given as pieces: to a LOCAL chunk, they go to `local.writev` as they are;
+   * otherwise (or without local.writev) they are gathered into a pooled buffer for writeAt.
+   */
+  async writev(bufs: readonly Buffer[], off: number): Promise<void> {
+    let length = 0;
+    for (const b of bufs) length += b.length;
+    const err = wholeChunkError(off, length, this.chunkSize, this.size);
+    if (err !== undefined) throw err;
+    if (this.#local.writev !== undefined && this.#state[off / this.chunkSize] === ChunkState.LOCAL) return this.#local.writev(bufs, off);
+    const tmp = this.#pool.take(length);
+    try {
+      let at = 0;
+      for (const b of bufs) at += b.copy(tmp, at);
+      await this.writeAt(tmp, off);
+    } finally {
+      this.#pool.give(tmp);
+    }
   }
 
   /**
@@ -110,11 +135,7 @@ export class SyncedReadWriterAt implements ReadWriterAt {
   /** Validates every offset first, so a bad one changes nothing. */
   #mark(offsets: readonly number[], to: ChunkState): void {
     for (const off of offsets) this.#index(off);
-    for (const off of offsets) {
-      const i = off / this.chunkSize;
-      this.#localCount += (to === ChunkState.LOCAL ? 1 : 0) - (this.#state[i] === ChunkState.LOCAL ? 1 : 0);
-      this.#state[i] = to;
-    }
+    for (const off of offsets) this.table.setState(off / this.chunkSize, to);
   }
 
   /** The slow path, for a chunk that is not LOCAL (yet): under its lock, make it LOCAL first. */
@@ -132,17 +153,17 @@ export class SyncedReadWriterAt implements ReadWriterAt {
 
   /** With chunk i's lock held: optionally fetch into `buf`, write it locally, mark it LOCAL. */
   async #becomeLocal(i: number, buf: Buffer, off: number, fetch: boolean): Promise<void> {
-    this.#state[i] = ChunkState.PULLING;
+    const table = this.table;
+    table.setState(i, ChunkState.PULLING);
     try {
       if (fetch) await this.#remote.readAt(buf, off);
       await this.#local.writeAt(buf, off);
     } catch (err) {
-      if (this.#state[i] === ChunkState.PULLING) this.#state[i] = ChunkState.REMOTE;
+      if (this.#state[i] === ChunkState.PULLING) table.setState(i, ChunkState.REMOTE);
       throw err;
     }
     if (this.#state[i] !== ChunkState.PULLING) return; // marked remote (or local) meanwhile
-    this.#state[i] = ChunkState.LOCAL;
-    this.#localCount++;
+    table.setState(i, ChunkState.LOCAL);
     this.#notify(off);
   }
 

@@ -17,6 +17,11 @@ export interface WriterAt {
 
 export interface ReadWriterAt extends ReaderAt, WriterAt {}
 
+/** A stage or backend that may take one write as several pieces (see Backend.writev). */
+export interface ScatterWriter {
+  writev?(bufs: readonly Buffer[], off: number): Promise<void>;
+}
+
 /** What a backend can do, declared up front (as nbdkit plugins declare a thread model). */
 export interface BackendCapabilities {
   /** Writes are refused (the NBD server advertises READ_ONLY). */
@@ -25,6 +30,14 @@ export interface BackendCapabilities {
   readonly maxInFlight?: number;
   /** Flush/FUA effects are visible across connections (NBD CAN_MULTI_CONN). */
   readonly canMultiConn?: boolean;
+  /**
+   * The granularity it accepts natively, in bytes: every readAt/writeAt/trim/zero must cover whole
+   * blocks (block i = [i * blockSize, min((i + 1) * blockSize, size)), so the last one may be
+   * short), and anything else rejects with the pipeline's typed errors (MisalignedError,
+   * BadLengthError). Undefined or 1 means any range. A caller that needs any range opens it through
+   * mount/compose.ts, which puts ArbitraryReadWriterAt in front when this is above 1.
+   */
+  readonly blockSize?: number;
 }
 
 /**

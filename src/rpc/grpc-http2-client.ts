@@ -23,7 +23,7 @@ import { Metadata, status as Status, type MethodDefinition } from '@grpc/grpc-js
 import { UsageError } from '../errors.js';
 import { formatGrpcUri } from './grpc-address.js';
 import { encodeReadAtArgs, encodeWriteAtArgsHead } from './codec.js';
-import type { GrpcClientTls, GrpcTarget } from './grpc-client.js';
+import type { GrpcClientTls, GrpcTarget } from './grpc-target.js';
 import type { BearerToken } from './bearer-token.js';
 import { rpcError, type RpcError } from './status.js';
 import { PREFIX, ReadAtInto, WholeReply, type Reply } from './grpc-reply.js';

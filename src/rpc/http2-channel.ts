@@ -5,7 +5,7 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
-import type { GrpcClientTls, GrpcTarget } from './grpc-client.js';
+import type { GrpcClientTls, GrpcTarget } from './grpc-target.js';
 
 /** The innermost reason of a socket, TLS or HTTP/2 error, on one line. */
 export function describe(err: Error): string {

@@ -30,7 +30,7 @@ import {
   UsageError,
   type R3mapErrorCode,
 } from '../errors.js';
-import { isTransientNetworkError } from '../backends/retry.js';
+import { isTransientNetworkError } from '../util/retry.js';
 
 /** Trailer that carries our error code next to the gRPC status. */
 export const ERROR_CODE_KEY = 'r3map-error-code';

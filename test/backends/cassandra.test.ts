@@ -9,6 +9,8 @@ import net from 'node:net';
 import cassandra from 'cassandra-driver';
 import { CassandraBackend, type CassandraBackendOptions } from '../../src/backends/cassandra.js';
 import { BackendError, isR3mapError, TimeoutError } from '../../src/errors.js';
+import { composeBackend } from '../../src/mount/compose.js';
+import type { Backend } from '../../src/pipeline/types.js';
 import { ErrorCode, Consistency } from '../support/cql-server/constants.js';
 import { CqlTestServer } from '../support/cql-server/server.js';
 import { freePort } from '../support/tools.js';
@@ -28,6 +30,11 @@ function options(extra: Partial<CassandraBackendOptions> = {}): CassandraBackend
   return { contactPoints: ['127.0.0.1'], port: server.port, keyspace: KEYSPACE, table: TABLE, prefix: `p${++prefixSeq}`, size: 10 * 64 + 37, chunkSize: 64, ...extra };
 }
 
+/** Opened as every caller that needs any range opens it: through mount/compose.ts. */
+async function openAny(o: CassandraBackendOptions): Promise<Backend> {
+  return composeBackend(await CassandraBackend.open(o));
+}
+
 const isCode = (code: string) => (err: unknown): boolean => isR3mapError(err) && err.code === code;
 
 /** The row bytes stored under `key` in r3map.chunks (undefined: no row). */
@@ -38,12 +45,24 @@ function row(key: string, srv = server): Buffer | null | undefined {
 // Sizes not a multiple of the chunk size: the last row is short. Every case gets a fresh prefix.
 for (const { chunkSize, tail } of [{ chunkSize: 64, tail: 37 }, { chunkSize: 4096, tail: 1234 }]) {
   readWriterAtSuite(`CassandraBackend (CQL v4 test server) with ${chunkSize}-byte rows`, async () => {
-    const backend = await CassandraBackend.open(options({ chunkSize, size: 10 * chunkSize + tail }));
+    const backend = await openAny(options({ chunkSize, size: 10 * chunkSize + tail }));
     return { rw: backend, size: backend.size, chunkSize, close: () => backend.close() };
   });
 }
 
 describe('CassandraBackend', () => {
+  it('the bare backend takes whole rows (blockSize = chunkSize) and rejects an unaligned call with ERR_MISALIGNED', async () => {
+    const bare = await CassandraBackend.open(options({ prefix: 'bare' }));
+    try {
+      assert.equal(bare.blockSize, 64);
+      await assert.rejects(bare.writeAt(Buffer.alloc(10), 5), isCode('ERR_MISALIGNED'));
+      await assert.rejects(bare.readAt(Buffer.alloc(10), 0), isCode('ERR_BAD_LENGTH'));
+      assert.equal(row('bare-0'), undefined);
+    } finally {
+      await bare.close();
+    }
+  });
+
   it('creates the keyspace (SimpleStrategy, factor 1) and the table when missing, and reuses them', async () => {
     const a = await CassandraBackend.open(options({ keyspace: 'fresh_ks', table: 'T1' }));
     const b = await CassandraBackend.open(options({ keyspace: 'fresh_ks', table: 't1' }));
@@ -54,7 +73,7 @@ describe('CassandraBackend', () => {
   });
 
   it("stores chunk i under '<prefix>-<i * chunkSize>' as a blob, r3map's layout, and reads rows written by others", async () => {
-    const backend = await CassandraBackend.open(options({ prefix: 'vm1', size: 200, chunkSize: 64 }));
+    const backend = await openAny(options({ prefix: 'vm1', size: 200, chunkSize: 64 }));
     try {
       await backend.writeAt(pattern(64, 1), 128);
       assert.deepEqual(row('vm1-128'), pattern(64, 1));
@@ -69,7 +88,7 @@ describe('CassandraBackend', () => {
   });
 
   it('rejects a row of another length with ERR_BACKEND instead of returning wrong bytes', async () => {
-    const backend = await CassandraBackend.open(options({ prefix: 'odd', size: 256, chunkSize: 64 }));
+    const backend = await openAny(options({ prefix: 'odd', size: 256, chunkSize: 64 }));
     try {
       server.store.table(KEYSPACE, TABLE).set(Buffer.from('odd-64').toString('latin1'), Buffer.alloc(32, 1));
       await assert.rejects(backend.readAt(Buffer.alloc(10), 70), isCode('ERR_BACKEND'));
@@ -80,11 +99,11 @@ describe('CassandraBackend', () => {
 
   it('runs every data statement prepared, never as a plain QUERY', async () => {
     const before = { q: server.served('QUERY insert') + server.served('QUERY select') + server.served('QUERY delete'), exec: server.served('EXECUTE insert') };
-    const backend = await CassandraBackend.open(options());
+    const backend = await openAny(options());
     try {
       await backend.writeAt(pattern(100, 3), 10);
       await backend.readAt(Buffer.alloc(100), 10);
-      await backend.trim(0, 128);
+      await backend.trim!(0, 128);
     } finally {
       await backend.close();
     }
@@ -94,10 +113,10 @@ describe('CassandraBackend', () => {
   });
 
   it('deletes whole rows on trim and writes zeros into partial chunks', async () => {
-    const backend = await CassandraBackend.open(options({ prefix: 'trim', size: 256, chunkSize: 64 }));
+    const backend = await openAny(options({ prefix: 'trim', size: 256, chunkSize: 64 }));
     try {
       await backend.writeAt(pattern(256, 4), 0);
-      await backend.trim(32, 128); // half of row 0, all of row 64, half of row 128
+      await backend.trim!(32, 128); // half of row 0, all of row 64, half of row 128
       assert.equal(row('trim-64'), undefined);
       assert.deepEqual(row('trim-0'), Buffer.concat([pattern(32, 4), Buffer.alloc(32)]));
       const back = Buffer.alloc(256, 0xff);
@@ -116,7 +135,7 @@ describe('CassandraBackend', () => {
   ];
   for (const c of consistencyCases) {
     it(`sends reads and writes at ${c.name}`, async () => {
-      const backend = await CassandraBackend.open(options(c.consistency === undefined ? {} : { consistency: c.consistency }));
+      const backend = await openAny(options(c.consistency === undefined ? {} : { consistency: c.consistency }));
       try {
         await backend.writeAt(Buffer.from([1]), 0);
         assert.equal(server.consistency.get('insert'), c.level);
@@ -129,7 +148,7 @@ describe('CassandraBackend', () => {
   }
 
   it('retries transient server errors (Overloaded, Unavailable) and then succeeds', async () => {
-    const backend = await CassandraBackend.open(options({ prefix: 'retry' }));
+    const backend = await openAny(options({ prefix: 'retry' }));
     try {
       server.failNext(2, ErrorCode.Overloaded);
       await backend.writeAt(pattern(64, 5), 0);
@@ -144,7 +163,7 @@ describe('CassandraBackend', () => {
   });
 
   it('gives up after the configured retries with ERR_BACKEND whose cause is the driver error', async () => {
-    const backend = await CassandraBackend.open(options({ retries: 1 }));
+    const backend = await openAny(options({ retries: 1 }));
     try {
       server.failNext(5, ErrorCode.Overloaded);
       await assert.rejects(backend.writeAt(Buffer.alloc(64), 0), (err: unknown) => {
@@ -159,7 +178,7 @@ describe('CassandraBackend', () => {
   });
 
   it('fails at once, without retrying, on an error that will not go away', async () => {
-    const backend = await CassandraBackend.open(options());
+    const backend = await openAny(options());
     try {
       server.failNext(3, ErrorCode.Invalid);
       await assert.rejects(backend.writeAt(Buffer.alloc(64), 0), (err: unknown) => err instanceof BackendError && err.cause instanceof cassandra.errors.ResponseError);
@@ -173,25 +192,25 @@ describe('CassandraBackend', () => {
   });
 
   it('read-only: creates nothing, reads, refuses writes and trims with ERR_READ_ONLY', async () => {
-    const writer = await CassandraBackend.open(options({ prefix: 'ro' }));
+    const writer = await openAny(options({ prefix: 'ro' }));
     await writer.writeAt(pattern(10, 6), 5);
     await writer.close();
-    const reader = await CassandraBackend.open(options({ prefix: 'ro', readOnly: true }));
+    const reader = await openAny(options({ prefix: 'ro', readOnly: true }));
     try {
       const back = Buffer.alloc(10);
       await reader.readAt(back, 5);
       assert.deepEqual(back, pattern(10, 6));
       await assert.rejects(reader.writeAt(Buffer.alloc(1), 0), isCode('ERR_READ_ONLY'));
-      await assert.rejects(reader.trim(0, 64), isCode('ERR_READ_ONLY'));
+      await assert.rejects(reader.trim!(0, 64), isCode('ERR_READ_ONLY'));
     } finally {
       await reader.close();
     }
-    await assert.rejects(CassandraBackend.open(options({ keyspace: 'never_created', readOnly: true })), isCode('ERR_BACKEND'));
+    await assert.rejects(openAny(options({ keyspace: 'never_created', readOnly: true })), isCode('ERR_BACKEND'));
     assert.equal(server.store.hasKeyspace('never_created'), false);
   });
 
   it('is closed for good after close(): calls reject with ERR_CLOSED, close is idempotent, the connections go', async () => {
-    const backend = await CassandraBackend.open(options());
+    const backend = await openAny(options());
     const connections = server.connectionCount;
     await backend.close();
     await backend.close();
@@ -213,7 +232,7 @@ describe('CassandraBackend', () => {
   for (const c of usage) {
     it(`rejects ${c.name} with ERR_USAGE before connecting`, async () => {
       const startups = server.served('STARTUP');
-      await assert.rejects(CassandraBackend.open(options(c.extra)), isCode('ERR_USAGE'));
+      await assert.rejects(openAny(options(c.extra)), isCode('ERR_USAGE'));
       assert.equal(server.served('STARTUP'), startups);
     });
   }
@@ -222,7 +241,7 @@ describe('CassandraBackend', () => {
 describe('CassandraBackend start-up check', () => {
   it('rejects with ERR_BACKEND naming host:port when nothing listens there', async () => {
     const port = await freePort();
-    await assert.rejects(CassandraBackend.open(options({ port })), (err: unknown) => {
+    await assert.rejects(openAny(options({ port })), (err: unknown) => {
       assert.ok(err instanceof BackendError);
       assert.ok(err.message.includes(`127.0.0.1:${port}`), err.message);
       return true;
@@ -238,7 +257,7 @@ describe('CassandraBackend start-up check', () => {
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     const port = (silent.address() as net.AddressInfo).port;
     try {
-      await assert.rejects(CassandraBackend.open(options({ port, connectTimeoutMs: 300, requestTimeoutMs: 500 })), (err: unknown) => {
+      await assert.rejects(openAny(options({ port, connectTimeoutMs: 300, requestTimeoutMs: 500 })), (err: unknown) => {
         assert.ok(err instanceof BackendError);
         assert.ok(err.cause instanceof TimeoutError);
         assert.ok(err.message.includes(`127.0.0.1:${port}`), err.message);
@@ -255,13 +274,13 @@ describe('CassandraBackend start-up check', () => {
     const secured = await CqlTestServer.start({ credentials: { username: 'r3map', password: 's3cret' } });
     try {
       const base = { port: secured.port, username: 'r3map' };
-      await assert.rejects(CassandraBackend.open(options({ ...base, password: 'wrong' })), (err: unknown) => {
+      await assert.rejects(openAny(options({ ...base, password: 'wrong' })), (err: unknown) => {
         assert.ok(err instanceof BackendError);
         assert.ok(err.message.includes(`127.0.0.1:${secured.port}`), err.message);
         return true;
       });
-      await assert.rejects(CassandraBackend.open(options({ port: secured.port })), isCode('ERR_BACKEND'));
-      const backend = await CassandraBackend.open(options({ ...base, password: 's3cret' }));
+      await assert.rejects(openAny(options({ port: secured.port })), isCode('ERR_BACKEND'));
+      const backend = await openAny(options({ ...base, password: 's3cret' }));
       await backend.writeAt(Buffer.from([7]), 3);
       await backend.close();
     } finally {
@@ -270,14 +289,14 @@ describe('CassandraBackend start-up check', () => {
   });
 
   it('rejects a local data center the cluster does not have with ERR_BACKEND', async () => {
-    await assert.rejects(CassandraBackend.open(options({ localDataCenter: 'dc-elsewhere' })), isCode('ERR_BACKEND'));
+    await assert.rejects(openAny(options({ localDataCenter: 'dc-elsewhere' })), isCode('ERR_BACKEND'));
   });
 });
 
 describe('CassandraBackend when the node goes away', () => {
   it('rejects reads and writes with ERR_BACKEND, in bounded time, once the server is stopped', { timeout: 30_000 }, async () => {
     const node = await CqlTestServer.start();
-    const backend = await CassandraBackend.open(options({ port: node.port, retries: 2 }));
+    const backend = await openAny(options({ port: node.port, retries: 2 }));
     try {
       await backend.writeAt(pattern(64, 8), 0);
       await node.stop();
@@ -294,7 +313,7 @@ describe('CassandraBackend when the node goes away', () => {
 
   it('reconnects when the node comes back on the same port with its data, re-preparing its statements', { timeout: 30_000 }, async () => {
     const first = await CqlTestServer.start();
-    const backend = await CassandraBackend.open(options({ port: first.port, retries: 10, prefix: 'restart' }));
+    const backend = await openAny(options({ port: first.port, retries: 10, prefix: 'restart' }));
     let second: CqlTestServer | undefined;
     try {
       await backend.writeAt(pattern(64, 9), 64);

@@ -2,7 +2,9 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ChunkStoreBackend, type ChunkStore } from '../../src/backends/chunk-store.js';
-import { BackendError } from '../../src/errors.js';
+import { BackendError, BadLengthError, MisalignedError, OutOfRangeError } from '../../src/errors.js';
+import { composeBackend } from '../../src/mount/compose.js';
+import type { Backend } from '../../src/pipeline/types.js';
 import { pattern, readWriterAtSuite } from '../support/rwat-suite.js';
 
 const KiB = 1024;
@@ -75,15 +77,15 @@ for (const { chunkSize, tail, maxInFlight } of [
   { chunkSize: 64, tail: 0, maxInFlight: 0 },
 ]) {
   readWriterAtSuite(`ChunkStoreBackend over a Map with ${chunkSize}-byte chunks, ${tail} extra bytes and maxInFlight ${maxInFlight}`, async () => {
-    const backend = new ChunkStoreBackend(new MapStore(), { size: 10 * chunkSize + tail, chunkSize, maxInFlight });
+    const backend = composeBackend(new ChunkStoreBackend(new MapStore(), { size: 10 * chunkSize + tail, chunkSize, maxInFlight }));
     return { rw: backend, size: backend.size, chunkSize, close: () => backend.close() };
   });
 }
 
-describe('ChunkStoreBackend', () => {
-  const make = (options: { maxInFlight?: number; readOnly?: boolean } = {}): { store: MapStore; backend: ChunkStoreBackend } => {
+describe('ChunkStoreBackend, composed (any range)', () => {
+  const make = (options: { maxInFlight?: number; readOnly?: boolean } = {}): { store: MapStore; backend: Backend } => {
     const store = new MapStore();
-    return { store, backend: new ChunkStoreBackend(store, { size: 10 * KiB + 100, chunkSize: KiB, ...options }) };
+    return { store, backend: composeBackend(new ChunkStoreBackend(store, { size: 10 * KiB + 100, chunkSize: KiB, ...options })) };
   };
 
   it('zero-fills a missing chunk even when the store scribbled on the buffer', async () => {
@@ -121,7 +123,7 @@ describe('ChunkStoreBackend', () => {
     const { store, backend } = make();
     await backend.writeAt(pattern(backend.size, 3), 0);
     store.calls.length = 0;
-    await backend.trim(KiB / 2, 3 * KiB);
+    await backend.trim!(KiB / 2, 3 * KiB);
     const calls = store.calls.slice().sort();
     assert.deepEqual(calls, ['delete 1@1024', 'delete 2@2048', 'read 0@0+1024', 'read 3@3072+1024', 'write 0@0+1024', 'write 3@3072+1024']);
     const expected = pattern(backend.size, 3).fill(0, KiB / 2, KiB / 2 + 3 * KiB);
@@ -135,7 +137,7 @@ describe('ChunkStoreBackend', () => {
     const { store, backend } = make();
     store.deleteChunk = undefined;
     await backend.writeAt(pattern(backend.size, 4), 0);
-    await backend.zero(0, backend.size);
+    await backend.zero!(0, backend.size);
     assert.equal(store.chunks.size, 11);
     for (const data of store.chunks.values()) assert.ok(data.every((b) => b === 0));
     const buf = Buffer.alloc(backend.size, 0xff);
@@ -145,7 +147,7 @@ describe('ChunkStoreBackend', () => {
 
   it('rejects a trim outside the target with ERR_OUT_OF_RANGE', async () => {
     const { backend } = make();
-    await assert.rejects(backend.trim(backend.size - 1, 2), { code: 'ERR_OUT_OF_RANGE' });
+    await assert.rejects(backend.trim!(backend.size - 1, 2), { code: 'ERR_OUT_OF_RANGE' });
   });
 
   it('wraps a store error in a BackendError naming the store, the operation and the range', async () => {
@@ -162,8 +164,8 @@ describe('ChunkStoreBackend', () => {
   it('refuses writes, trims and zeroes when read-only but still reads', async () => {
     const { store, backend } = make({ readOnly: true });
     await assert.rejects(backend.writeAt(Buffer.alloc(1), 0), { code: 'ERR_READ_ONLY' });
-    await assert.rejects(backend.trim(0, 1), { code: 'ERR_READ_ONLY' });
-    await assert.rejects(backend.zero(0, 1), { code: 'ERR_READ_ONLY' });
+    await assert.rejects(backend.trim!(0, 1), { code: 'ERR_READ_ONLY' });
+    await assert.rejects(backend.zero!(0, 1), { code: 'ERR_READ_ONLY' });
     await backend.readAt(Buffer.alloc(1), 0);
     assert.deepEqual(store.calls, ['read 0@0+1024']);
   });
@@ -185,10 +187,67 @@ describe('ChunkStoreBackend', () => {
     await assert.rejects(backend.readAt(Buffer.alloc(1), 0), { code: 'ERR_CLOSED' });
     await assert.rejects(backend.writeAt(Buffer.alloc(1), 0), { code: 'ERR_CLOSED' });
     await assert.rejects(backend.sync(), { code: 'ERR_CLOSED' });
-    await assert.rejects(backend.trim(0, 1), { code: 'ERR_CLOSED' });
+    await assert.rejects(backend.trim!(0, 1), { code: 'ERR_CLOSED' });
   });
 
   it('rejects a bad maxInFlight with ERR_USAGE', () => {
     assert.throws(() => new ChunkStoreBackend(new MapStore(), { size: 10, chunkSize: 1, maxInFlight: -1 }), { code: 'ERR_USAGE' });
+  });
+
+  it('rejects a bad chunk size with ERR_USAGE', () => {
+    for (const chunkSize of [0, -1, 1.5, 2 ** 30 + 1]) {
+      assert.throws(() => new ChunkStoreBackend(new MapStore(), { size: 10, chunkSize }), { code: 'ERR_USAGE' });
+    }
+  });
+});
+
+describe('ChunkStoreBackend, bare (whole chunks only)', () => {
+  const make = (options: { readOnly?: boolean } = {}): { store: MapStore; backend: ChunkStoreBackend } => {
+    const store = new MapStore();
+    return { store, backend: new ChunkStoreBackend(store, { size: 10 * KiB + 100, chunkSize: KiB, ...options }) };
+  };
+
+  it('declares its granularity as blockSize, and composeBackend wraps it while passing others through', () => {
+    const { backend } = make();
+    assert.equal(backend.blockSize, KiB);
+    const composed = composeBackend(backend);
+    assert.notEqual(composed, backend);
+    assert.equal(composed.blockSize, 1);
+    assert.deepEqual([composed.size, composed.readOnly, composed.maxInFlight, composed.canMultiConn], [backend.size, false, 16, false]);
+    assert.equal(composeBackend(composed), composed);
+  });
+
+  it('takes whole chunks, the last one short, straight to the store', async () => {
+    const { store, backend } = make();
+    await backend.writeAt(pattern(KiB, 7), 2 * KiB);
+    await backend.writeAt(pattern(100, 8), 10 * KiB);
+    const buf = Buffer.alloc(100, 0xff);
+    await backend.readAt(buf, 10 * KiB);
+    assert.deepEqual(buf, pattern(100, 8));
+    await backend.trim(2 * KiB, KiB);
+    await backend.zero(9 * KiB, KiB + 100);
+    assert.deepEqual(store.calls, ['write 2@2048+1024', 'write 10@10240+100', 'read 10@10240+100', 'delete 2@2048', 'delete 9@9216', 'delete 10@10240']);
+  });
+
+  it('rejects an unaligned or partial call with the pipeline\'s typed errors and never touches the store', async () => {
+    const { store, backend } = make();
+    await assert.rejects(backend.readAt(Buffer.alloc(KiB), 10), MisalignedError);
+    await assert.rejects(backend.writeAt(Buffer.alloc(KiB), KiB + 1), MisalignedError);
+    await assert.rejects(backend.readAt(Buffer.alloc(10), 0), BadLengthError);
+    await assert.rejects(backend.writeAt(Buffer.alloc(2 * KiB), 0), BadLengthError);
+    await assert.rejects(backend.writeAt(Buffer.alloc(KiB), 10 * KiB), BadLengthError); // the last chunk is 100 bytes
+    await assert.rejects(backend.readAt(Buffer.alloc(KiB), 11 * KiB), OutOfRangeError);
+    await assert.rejects(backend.trim(1, KiB - 1), MisalignedError);
+    await assert.rejects(backend.trim(0, KiB + 1), MisalignedError);
+    await assert.rejects(backend.zero(KiB, 10 * KiB), OutOfRangeError);
+    assert.deepEqual(store.calls, []);
+  });
+
+  it('checks closed, then read-only, then the range', async () => {
+    const { backend } = make({ readOnly: true });
+    await assert.rejects(backend.writeAt(Buffer.alloc(1), 1), { code: 'ERR_READ_ONLY' });
+    await backend.close();
+    await assert.rejects(backend.writeAt(Buffer.alloc(1), 1), { code: 'ERR_CLOSED' });
+    await assert.rejects(backend.readAt(Buffer.alloc(1), 1), { code: 'ERR_CLOSED' });
   });
 });

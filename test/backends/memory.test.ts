@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemoryBackend } from '../../src/backends/memory.js';
+import { DEFAULT_MEMORY_PAGE_SIZE, MemoryBackend } from '../../src/backends/memory.js';
+import type { Backend } from '../../src/pipeline/types.js';
 import { readWriterAtSuite, pattern } from '../support/rwat-suite.js';
 import { ScatterWriter, mulberry32, splitAtRandom } from './scatter-writer.js';
 
@@ -10,7 +11,7 @@ const GiB = 1024 * 1024 * 1024;
 // Sizes are not a multiple of the page size: the last page is short.
 for (const { chunkSize, tail } of [{ chunkSize: 64, tail: 37 }, { chunkSize: 4 * KiB, tail: 1234 }]) {
   readWriterAtSuite(`MemoryBackend with ${chunkSize}-byte pages`, async () => {
-    const backend = new MemoryBackend({ size: 10 * chunkSize + tail, chunkSize });
+    const backend = new MemoryBackend({ size: 10 * chunkSize + tail, pageSize: chunkSize });
     return { rw: backend, size: backend.size, chunkSize, close: () => backend.close() };
   });
 }
@@ -18,15 +19,27 @@ for (const { chunkSize, tail } of [{ chunkSize: 64, tail: 37 }, { chunkSize: 4 *
 // The same suite with every write going through writev, cut into random pieces.
 for (const { chunkSize, tail } of [{ chunkSize: 64, tail: 37 }, { chunkSize: 4 * KiB, tail: 1234 }]) {
   readWriterAtSuite(`MemoryBackend.writev with ${chunkSize}-byte pages`, async () => {
-    const backend = new MemoryBackend({ size: 10 * chunkSize + tail, chunkSize });
+    const backend = new MemoryBackend({ size: 10 * chunkSize + tail, pageSize: chunkSize });
     return { rw: new ScatterWriter(backend, chunkSize), size: backend.size, chunkSize, close: () => backend.close() };
   });
 }
 
 describe('MemoryBackend', () => {
+  it('takes the page size as pageSize, or under its old name chunkSize, and declares no blockSize (any range)', async () => {
+    const paged = new MemoryBackend({ size: 1000, pageSize: 64 });
+    const old = new MemoryBackend({ size: 1000, chunkSize: 64 });
+    for (const backend of [paged, old]) {
+      assert.deepEqual([backend.pageSize, backend.options.pageSize, (backend as Backend).blockSize], [64, 64, undefined]);
+      await backend.writeAt(Buffer.alloc(3, 1), 63); // straddles pages 0 and 1
+      assert.equal(backend.allocatedPages, 2);
+    }
+    assert.throws(() => new MemoryBackend({ size: 10, pageSize: 0 }), { code: 'ERR_USAGE' });
+  });
+
   it('allocates nothing up front and one page per first write', async () => {
     const backend = new MemoryBackend({ size: GiB });
-    assert.equal(backend.chunkSize, 1024 * 1024);
+    assert.equal(backend.pageSize, DEFAULT_MEMORY_PAGE_SIZE);
+    assert.equal(DEFAULT_MEMORY_PAGE_SIZE, 1024 * 1024);
     assert.equal(backend.allocatedPages, 0);
     await backend.writeAt(Buffer.from([1]), 5);
     await backend.writeAt(Buffer.from([2]), 6);
@@ -42,7 +55,7 @@ describe('MemoryBackend', () => {
 
   it('holds data at the end of a sparse backend larger than 4 GiB', async () => {
     const size = 6 * GiB + 123;
-    const backend = new MemoryBackend({ size, chunkSize: 64 * KiB });
+    const backend = new MemoryBackend({ size, pageSize: 64 * KiB });
     const data = pattern(100, 7);
     await backend.writeAt(data, size - 100);
     await backend.writeAt(data, 4 * GiB - 50); // across the 2^32 boundary
@@ -69,7 +82,7 @@ describe('MemoryBackend', () => {
     for (const c of discardCases) {
       it(`${op}: ${c.name}, and the range reads as zeros`, async () => {
         const size = 212; // pages of 64: 0, 64, 128, 192 (20 bytes)
-        const backend = new MemoryBackend({ size, chunkSize: 64 });
+        const backend = new MemoryBackend({ size, pageSize: 64 });
         const model = pattern(size, 3);
         await backend.writeAt(model, 0);
         assert.equal(backend.allocatedPages, 4);
@@ -140,7 +153,7 @@ describe('MemoryBackend', () => {
     ];
     for (const c of cases) {
       it(`writes ${c.name} as one write of their concatenation`, async () => {
-        const backend = new MemoryBackend({ size, chunkSize: 64 });
+        const backend = new MemoryBackend({ size, pageSize: 64 });
         const model = Buffer.alloc(size);
         // Something already there, so untouched bytes are checked too.
         const before = pattern(30, 9);
@@ -159,7 +172,7 @@ describe('MemoryBackend', () => {
     }
 
     it('leaves the rest of a new page zero when a write covers only part of it', async () => {
-      const backend = new MemoryBackend({ size, chunkSize: 64 });
+      const backend = new MemoryBackend({ size, pageSize: 64 });
       // Covers page 1 whole (allocated unzeroed), pages 0 and 2 partly (allocated zeroed).
       await backend.writev([Buffer.alloc(20, 7), Buffer.alloc(70, 8), Buffer.alloc(20, 9)], 44);
       const back = Buffer.alloc(size, 0xff);
@@ -187,7 +200,7 @@ describe('MemoryBackend', () => {
     });
 
     it('rejects out-of-range, read-only and closed writev calls and writes nothing', async () => {
-      const backend = new MemoryBackend({ size: 1000, chunkSize: 64 });
+      const backend = new MemoryBackend({ size: 1000, pageSize: 64 });
       await assert.rejects(backend.writev([Buffer.alloc(500), Buffer.alloc(501)], 0), { code: 'ERR_OUT_OF_RANGE' });
       await assert.rejects(backend.writev([Buffer.alloc(1)], -1), { code: 'ERR_OUT_OF_RANGE' });
       assert.equal(backend.allocatedPages, 0);

@@ -4,6 +4,9 @@ import net from 'node:net';
 import { Redis } from 'ioredis';
 import { RedisBackend, redactRedisUrl } from '../../src/backends/redis.js';
 import { BackendError, TimeoutError } from '../../src/errors.js';
+import { composeBackend } from '../../src/mount/compose.js';
+import type { Backend } from '../../src/pipeline/types.js';
+import { chunkStoreCases } from '../support/chunk-store-cases.js';
 import { pattern, readWriterAtSuite } from '../support/rwat-suite.js';
 import { haveRedisServer, startRedisCluster, startRedisServer, type RedisClusterHandle, type RedisServerHandle } from '../support/redis-server.js';
 import { freePort } from '../support/tools.js';
@@ -31,13 +34,22 @@ describe('RedisBackend against redis-server', { skip }, () => {
 
   for (const maxInFlight of [16, 1]) {
     readWriterAtSuite(`the shared suite with 4 KiB chunks, ${SIZE} bytes and maxInFlight ${maxInFlight}`, async () => {
-      const backend = await open({ maxInFlight });
+      const backend = composeBackend(await open({ maxInFlight }));
       return { rw: backend, size: backend.size, chunkSize: 4 * KiB, close: () => backend.close() };
     });
   }
 
+  chunkStoreCases('Redis', () => ({
+    size: SIZE,
+    chunkSize: 4 * KiB,
+    open: (options = {}) => open(options),
+    keys: async (prefix) => (await raw.keys(`${prefix}*`)).sort(),
+    get: async (key) => (await raw.getBuffer(key)) ?? undefined,
+    put: async (key, value) => void (await raw.set(key, value)),
+  }));
+
   it('round-trips multi-chunk calls with ioredis auto-pipelining turned on', async () => {
-    const backend = await open({ autoPipelining: true });
+    const backend = composeBackend(await open({ autoPipelining: true }));
     await backend.writeAt(pattern(SIZE - 7, 10), 3);
     const buf = Buffer.alloc(SIZE - 7, 0xff);
     await backend.readAt(buf, 3);
@@ -45,68 +57,15 @@ describe('RedisBackend against redis-server', { skip }, () => {
     await backend.close();
   });
 
-  it('stores one key per written chunk, named <prefix>-<offset>, each holding the whole chunk', async () => {
-    const backend = await open();
-    await backend.writeAt(pattern(10, 1), 4 * KiB - 5); // chunks 0 and 1
-    await backend.writeAt(pattern(3, 2), SIZE - 3); // the short last chunk
-    const keys = (await raw.keys(`${backend.prefix}-*`)).sort();
-    assert.deepEqual(keys, [`${backend.prefix}-0`, `${backend.prefix}-4096`, `${backend.prefix}-40960`]);
-    assert.equal((await raw.getBuffer(`${backend.prefix}-4096`))!.length, 4 * KiB);
-    assert.equal((await raw.getBuffer(`${backend.prefix}-40960`))!.length, 123);
-    await backend.close();
-  });
-
   it('uses bare offsets as keys when the prefix is empty, as r3map does', async () => {
     const db3 = `${server.url}/3`;
-    const backend = await RedisBackend.open({ url: db3, prefix: '', size: SIZE, chunkSize: 4 * KiB });
+    const backend = composeBackend(await RedisBackend.open({ url: db3, prefix: '', size: SIZE, chunkSize: 4 * KiB }));
     await backend.writeAt(Buffer.alloc(1, 1), 8 * KiB);
     const other = new Redis(db3, { lazyConnect: true });
     await other.connect();
     assert.deepEqual(await other.keys('*'), ['8192']);
     other.disconnect();
     await backend.close();
-  });
-
-  it('reads data that another client stored under the same prefix, and zeros where nothing is stored', async () => {
-    const backend = await open();
-    await raw.set(`${backend.prefix}-4096`, pattern(4 * KiB, 3));
-    const buf = Buffer.alloc(3 * 4 * KiB, 0xff);
-    await backend.readAt(buf, 0);
-    assert.deepEqual(buf.subarray(4 * KiB, 8 * KiB), pattern(4 * KiB, 3));
-    assert.ok(buf.subarray(0, 4 * KiB).every((b) => b === 0) && buf.subarray(8 * KiB).every((b) => b === 0));
-    await backend.close();
-  });
-
-  it('deletes the keys of whole trimmed chunks and zeroes partial ones', async () => {
-    const backend = await open();
-    await backend.writeAt(pattern(SIZE, 4), 0);
-    await backend.trim(2 * KiB, 3 * 4 * KiB);
-    assert.equal(await raw.exists(`${backend.prefix}-4096`, `${backend.prefix}-8192`), 0);
-    assert.equal(await raw.exists(`${backend.prefix}-0`, `${backend.prefix}-12288`), 2);
-    const buf = Buffer.alloc(SIZE, 0xff);
-    await backend.readAt(buf, 0);
-    assert.deepEqual(buf, pattern(SIZE, 4).fill(0, 2 * KiB, 2 * KiB + 3 * 4 * KiB));
-    await backend.close();
-  });
-
-  it('rejects a key that holds a value of another length instead of returning it', async () => {
-    const backend = await open();
-    await raw.set(`${backend.prefix}-0`, 'short');
-    await assert.rejects(backend.readAt(Buffer.alloc(10), 0), (err) => err instanceof BackendError && err.op === 'read');
-    await backend.close();
-  });
-
-  it('refuses writes and trims when read-only', async () => {
-    const backend = await open({ readOnly: true });
-    await assert.rejects(backend.writeAt(Buffer.alloc(1), 0), { code: 'ERR_READ_ONLY' });
-    await assert.rejects(backend.trim(0, 1), { code: 'ERR_READ_ONLY' });
-    await backend.close();
-  });
-
-  it('closes idempotently and rejects calls after close with ERR_CLOSED', async () => {
-    const backend = await open();
-    await Promise.all([backend.close(), backend.close()]);
-    await assert.rejects(backend.readAt(Buffer.alloc(1), 0), { code: 'ERR_CLOSED' });
   });
 });
 
@@ -176,12 +135,12 @@ describe('RedisBackend.open', { skip }, () => {
 
 describe('RedisBackend when redis-server fails', { skip }, () => {
   let server: RedisServerHandle;
-  let backend: RedisBackend;
+  let backend: Backend;
   const data = pattern(SIZE, 7);
   before(async () => {
     server = await startRedisServer({ appendOnly: true }); // the data survives a restart
     // Generous retries: the restart below must never use them all up on a busy machine.
-    backend = await RedisBackend.open({ url: server.url, prefix: 'fault', size: SIZE, chunkSize: 4 * KiB, retries: 10 });
+    backend = composeBackend(await RedisBackend.open({ url: server.url, prefix: 'fault', size: SIZE, chunkSize: 4 * KiB, retries: 10 }));
     await backend.writeAt(data, 0);
   });
   after(async () => {
@@ -216,7 +175,7 @@ describe('RedisBackend when redis-server fails', { skip }, () => {
   });
 
   it('fails with ERR_BACKEND naming the server, no hang, once the server is gone for good', { timeout: 20_000 }, async () => {
-    const fragile = await RedisBackend.open({ url: server.url, prefix: 'fault', size: SIZE, chunkSize: 4 * KiB, retries: 3 });
+    const fragile = composeBackend(await RedisBackend.open({ url: server.url, prefix: 'fault', size: SIZE, chunkSize: 4 * KiB, retries: 3 }));
     try {
       await server.kill();
       for (const call of [() => fragile.readAt(Buffer.alloc(10), 0), () => fragile.writeAt(Buffer.alloc(10), 0)]) {
@@ -238,13 +197,13 @@ describe('RedisBackend against a 3-node Redis Cluster', { skip }, () => {
   });
 
   readWriterAtSuite(`the shared suite with 4 KiB chunks and ${SIZE} bytes`, async () => {
-    const backend = await RedisBackend.open({ url: cluster.url, cluster: true, prefix: nextPrefix(), size: SIZE, chunkSize: 4 * KiB });
+    const backend = composeBackend(await RedisBackend.open({ url: cluster.url, cluster: true, prefix: nextPrefix(), size: SIZE, chunkSize: 4 * KiB }));
     return { rw: backend, size: backend.size, chunkSize: 4 * KiB, close: () => backend.close() };
   });
 
   it('spreads the chunk keys over the nodes', async () => {
     const backend = await RedisBackend.open({ url: cluster.url, cluster: true, prefix: nextPrefix(), size: SIZE, chunkSize: 4 * KiB });
-    await backend.writeAt(pattern(SIZE, 9), 0);
+    await composeBackend(backend).writeAt(pattern(SIZE, 9), 0);
     await backend.close();
     let nodesWithKeys = 0;
     for (const node of cluster.nodes) {

@@ -4,6 +4,8 @@ import net from 'node:net';
 import { DeleteBucketCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { S3Backend, type S3BackendOptions } from '../../src/backends/s3.js';
 import { BackendError } from '../../src/errors.js';
+import { composeBackend } from '../../src/mount/compose.js';
+import { chunkStoreCases } from '../support/chunk-store-cases.js';
 import { pattern, readWriterAtSuite } from '../support/rwat-suite.js';
 import { s3rverBin, s3rverEnv, startS3rver, type S3rverHandle } from '../support/s3rver.js';
 import { freePort, strictTools } from '../support/tools.js';
@@ -44,79 +46,39 @@ describe('S3Backend against s3rver', { skip }, () => {
 
   // s3rver is slow (a few ms per request, files on disk): the suite gets 4 chunks and a short fifth.
   readWriterAtSuite(`the shared suite with 4 KiB chunks and ${SUITE_SIZE} bytes`, async () => {
-    const backend = await open({ size: SUITE_SIZE });
+    const backend = composeBackend(await open({ size: SUITE_SIZE }));
     return { rw: backend, size: backend.size, chunkSize: 4 * KiB, close: () => backend.close() };
   });
 
-  it('stores one object per written chunk, named <prefix>-<offset>, each holding the whole chunk', async () => {
-    const backend = await open();
-    await backend.writeAt(pattern(10, 1), 4 * KiB - 5); // chunks 0 and 1
-    await backend.writeAt(pattern(3, 2), SIZE - 3); // the short last chunk
-    const p = backend.prefix;
-    assert.deepEqual(await keysUnder(raw, BUCKET, `${p}-`), [`${p}-0`, `${p}-4096`, `${p}-40960`]);
-    const last = await raw.send(new GetObjectCommand({ Bucket: BUCKET, Key: `${p}-40960` }));
-    assert.equal((await last.Body!.transformToByteArray()).length, 123);
-    await backend.close();
-  });
+  chunkStoreCases('S3', () => ({
+    size: SIZE,
+    chunkSize: 4 * KiB,
+    open: (options = {}) => open(options),
+    keys: (prefix) => keysUnder(raw, BUCKET, prefix),
+    get: async (key) => {
+      try {
+        const out = await raw.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+        return Buffer.from(await out.Body!.transformToByteArray());
+      } catch (err) {
+        if ((err as Error).name === 'NoSuchKey') return undefined;
+        throw err;
+      }
+    },
+    put: async (key, value) => void (await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: value }))),
+  }));
 
   it('uses bare offsets as keys when the prefix is empty', async () => {
-    const backend = await open({ bucket: 'r3map-bare', prefix: '' });
+    const backend = composeBackend(await open({ bucket: 'r3map-bare', prefix: '' }));
     await backend.writeAt(Buffer.alloc(1, 1), 8 * KiB);
     assert.deepEqual(await keysUnder(raw, 'r3map-bare', ''), ['8192']);
     await backend.close();
   });
 
-  it('reads an object another client stored under the same prefix, and zeros where there is none', async () => {
-    const backend = await open();
-    await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${backend.prefix}-4096`, Body: pattern(4 * KiB, 3) }));
-    const buf = Buffer.alloc(3 * 4 * KiB, 0xff);
-    await backend.readAt(buf, 0);
-    assert.deepEqual(buf.subarray(4 * KiB, 8 * KiB), pattern(4 * KiB, 3));
-    assert.ok(buf.subarray(0, 4 * KiB).every((b) => b === 0) && buf.subarray(8 * KiB).every((b) => b === 0));
-    await backend.close();
-  });
-
-  it('deletes the objects of whole trimmed chunks and zeroes partial ones', async () => {
-    const backend = await open();
-    await backend.writeAt(pattern(SIZE, 4), 0);
-    await backend.trim(2 * KiB, 3 * 4 * KiB);
-    const p = backend.prefix;
-    const keys = await keysUnder(raw, BUCKET, `${p}-`);
-    assert.ok(!keys.includes(`${p}-4096`) && !keys.includes(`${p}-8192`), keys.join(' '));
-    assert.ok(keys.includes(`${p}-0`) && keys.includes(`${p}-12288`), keys.join(' '));
-    const buf = Buffer.alloc(SIZE, 0xff);
-    await backend.readAt(buf, 0);
-    assert.deepEqual(buf, pattern(SIZE, 4).fill(0, 2 * KiB, 2 * KiB + 3 * 4 * KiB));
-    await backend.close();
-  });
-
-  for (const { name, length } of [{ name: 'shorter', length: 5 }, { name: 'longer', length: 5000 }]) {
-    it(`rejects an object ${name} than its chunk instead of returning it`, async () => {
-      const backend = await open();
-      await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${backend.prefix}-0`, Body: Buffer.alloc(length, 1) }));
-      await assert.rejects(backend.readAt(Buffer.alloc(10), 0), (err) => err instanceof BackendError && err.op === 'read');
-      await backend.close();
-    });
-  }
-
-  it('refuses writes and trims when read-only', async () => {
-    const backend = await open({ readOnly: true });
-    await assert.rejects(backend.writeAt(Buffer.alloc(1), 0), { code: 'ERR_READ_ONLY' });
-    await assert.rejects(backend.trim(0, 1), { code: 'ERR_READ_ONLY' });
-    await backend.close();
-  });
-
   it('fails a read with ERR_BACKEND when the bucket disappears, instead of reading zeros', async () => {
-    const backend = await open({ bucket: 'r3map-gone', prefix: 'gone' });
+    const backend = composeBackend(await open({ bucket: 'r3map-gone', prefix: 'gone' }));
     await raw.send(new DeleteBucketCommand({ Bucket: 'r3map-gone' }));
     await assert.rejects(backend.readAt(Buffer.alloc(10), 0), (err) => err instanceof BackendError && /NoSuchBucket/.test(String((err.cause as Error).name)));
     await backend.close();
-  });
-
-  it('closes idempotently and rejects calls after close with ERR_CLOSED', async () => {
-    const backend = await open();
-    await Promise.all([backend.close(), backend.close()]);
-    await assert.rejects(backend.readAt(Buffer.alloc(1), 0), { code: 'ERR_CLOSED' });
   });
 
   describe('open()', () => {
@@ -180,7 +142,7 @@ describe('S3Backend when s3rver fails', { skip }, () => {
   });
 
   it('fails with ERR_BACKEND within its request timeout while s3rver is stalled, and works once it resumes', { timeout: 15_000 }, async () => {
-    const backend = await S3Backend.open({ bucket: BUCKET, prefix: 'stall', endpoint: server.endpoint, size: SIZE, chunkSize: 4 * KiB, requestTimeoutMs: 300, retries: 1 });
+    const backend = composeBackend(await S3Backend.open({ bucket: BUCKET, prefix: 'stall', endpoint: server.endpoint, size: SIZE, chunkSize: 4 * KiB, requestTimeoutMs: 300, retries: 1 }));
     try {
       await backend.writeAt(pattern(4 * KiB, 5), 0);
       server.pause();
@@ -196,11 +158,11 @@ describe('S3Backend when s3rver fails', { skip }, () => {
   });
 
   it('fails with ERR_BACKEND naming the endpoint, no hang, once s3rver is killed', { timeout: 15_000 }, async () => {
-    const backend = await S3Backend.open({ bucket: BUCKET, prefix: 'kill', endpoint: server.endpoint, size: SIZE, chunkSize: 4 * KiB, retries: 2 });
+    const backend = composeBackend(await S3Backend.open({ bucket: BUCKET, prefix: 'kill', endpoint: server.endpoint, size: SIZE, chunkSize: 4 * KiB, retries: 2 }));
     try {
       await backend.writeAt(pattern(4 * KiB, 6), 0);
       await server.kill();
-      for (const call of [() => backend.readAt(Buffer.alloc(10), 0), () => backend.writeAt(Buffer.alloc(10), 0), () => backend.trim(0, 4 * KiB)]) {
+      for (const call of [() => backend.readAt(Buffer.alloc(10), 0), () => backend.writeAt(Buffer.alloc(10), 0), () => backend.trim!(0, 4 * KiB)]) {
         await assert.rejects(call(), (err) => err instanceof BackendError && err.message.includes(server.endpoint));
       }
     } finally {

@@ -12,7 +12,7 @@
  * shared: repeat, and compare ratios and CPU per MiB rather than MB/s).
  *
  * GrpcBackend's client is written on node:http2 (rpc/grpc-http2-client.ts); --grpc-js adds a
- * column for the same calls through grpc-js's client (rpc/grpc-client.ts, tuned: same window,
+ * column for the same calls through grpc-js's client (test/support/grpc-js-client.ts, tuned: same window,
  * channels and message limits), which is why the backend does not use it.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -24,7 +24,7 @@ import { MemoryBackend } from '../../src/backends/memory.js';
 import { GrpcServer } from '../../src/rpc/grpc-server.js';
 import { GrpcBackend } from '../../src/backends/grpc.js';
 import { backendDefinition } from '../../src/rpc/definitions.js';
-import { GrpcClient } from '../../src/rpc/grpc-client.js';
+import { GrpcClient } from '../support/grpc-js-client.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

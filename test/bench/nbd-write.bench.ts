@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { MemoryBackend } from '../../src/backends/memory.js';
-import { NbdClient } from '../../src/nbd/client.js';
+import { NbdClient } from '../../src/nbd-client/client.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import type { Backend } from '../../src/pipeline/types.js';
 

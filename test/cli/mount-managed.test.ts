@@ -6,16 +6,14 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { leftoversUnder, requireFuseLoop, waitUntil } from '../support/fuse-loop.js';
-import { makeTempDir, PROJECT_ROOT, removeDir, requireTool, runOk, runTool, SERVE_BIN } from '../support/tools.js';
+import { makeTempDir, removeDir, requireTool, runOk, runTool, SERVE_BIN } from '../support/tools.js';
+import { MOUNT_BIN, start, type Running } from '../support/mount-cli.js';
 
-const MOUNT_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-mount.js');
 const MIB = 1024 * 1024;
 let dir: string;
 
@@ -31,54 +29,9 @@ after(async () => {
 
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, TMPDIR: dir, R3MAP_LOG_LEVEL: 'info' });
 
-const started = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of started) child.kill('SIGKILL');
-});
-
-interface Running {
-  /** The first line printed on stdout. */
-  readonly line: string;
-  readonly child: ChildProcess;
-  stderr(): string;
-  /** Sends `signal` (unless dead), then waits (bounded) for the exit code; null when killed. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
-}
-
 /** Starts a node bin and waits (bounded) for its first stdout line. */
-async function start(bin: string, args: readonly string[]): Promise<Running> {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env() });
-  started.add(child);
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => void (stderr = (stderr + d.toString()).slice(-40_000)));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
-    started.delete(child);
-    resolve(code);
-  }));
-  const line = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${path.basename(bin)} printed nothing in 30 s\nstderr: ${stderr}`)), 30_000);
-    createInterface({ input: child.stdout! }).once('line', (l) => {
-      clearTimeout(timer);
-      resolve(l);
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`${path.basename(bin)} exited with ${code} before it was ready\nstderr: ${stderr}`));
-    });
-  }).catch((err: unknown) => {
-    child.kill('SIGKILL');
-    throw err;
-  });
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    try {
-      return await exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-  return { line, child, stderr: () => stderr, stop };
+function startBin(bin: string, args: readonly string[]): Promise<Running> {
+  return start(bin, args, { env: env() });
 }
 
 describe('r3map-mount --managed through fuse-loop', () => {
@@ -87,13 +40,13 @@ describe('r3map-mount --managed through fuse-loop', () => {
     const remoteFile = path.join(dir, 'remote.img');
     const socket = path.join(dir, 'serve.sock');
     const cache = path.join(dir, 'ext4-cache.img');
-    const serve = await start(SERVE_BIN, ['--backend', `file://${remoteFile}`, '--size', '64MiB', '--listen', `grpc+unix://${socket}`]);
+    const serve = await startBin(SERVE_BIN, ['--backend', `file://${remoteFile}`, '--size', '64MiB', '--listen', `grpc+unix://${socket}`]);
     const mnt = path.join(dir, 'fs');
     await mkdir(mnt, { recursive: true });
     const big = randomBytes(3 * MIB + 333);
     try {
       assert.equal(serve.line, `grpc+unix://${socket}`);
-      const m = await start(MOUNT_BIN, ['--managed', '--backend', serve.line, '--cache', cache, '--transport', 'fuse-loop', '--pull-workers', '8', '--push-workers', '4', '--push-interval', '1s']);
+      const m = await startBin(MOUNT_BIN, ['--managed', '--backend', serve.line, '--cache', cache, '--transport', 'fuse-loop', '--pull-workers', '8', '--push-workers', '4', '--push-interval', '1s']);
       try {
         assert.match(m.line, /^\/dev\/loop\d+$/);
         await runOk('mkfs.ext4', ['-q', '-F', m.line]);
@@ -109,7 +62,7 @@ describe('r3map-mount --managed through fuse-loop', () => {
       }
       assert.match(m.stderr(), /bytes were pulled before the device was ready/);
       assert.ok(existsSync(`${cache}.r3map-state`));
-      const direct = await start(MOUNT_BIN, ['--backend', serve.line, '--transport', 'fuse-loop', '--read-only']);
+      const direct = await startBin(MOUNT_BIN, ['--backend', serve.line, '--transport', 'fuse-loop', '--read-only']);
       try {
         await runOk('fsck.ext4', ['-n', direct.line]);
         await runOk('mount', ['-o', 'ro', direct.line, mnt]);
@@ -136,15 +89,15 @@ describe('r3map-mount --managed through fuse-loop', () => {
     await writeFile(pattern, bytes);
     await writeFile(noise, randomBytes(16 * MIB));
     const args = ['--managed', '--backend', `file://${remote}`, '--size', '64MiB', '--cache', cache, '--transport', 'fuse-loop', '--push-interval', '0', '--state-interval', '0'];
-    const first = await start(MOUNT_BIN, args);
+    const first = await startBin(MOUNT_BIN, args);
     await runOk('dd', [`if=${pattern}`, `of=${first.line}`, 'bs=1M', 'seek=5', 'oflag=direct', 'conv=fsync,notrunc', 'status=none']);
     const midWrite = runTool('dd', [`if=${noise}`, `of=${first.line}`, 'bs=64K', 'seek=400', 'oflag=direct', 'conv=notrunc', 'status=none'], { timeoutMs: 20_000 });
-    assert.equal(await first.stop('SIGKILL'), null);
+    assert.equal(await first.stop('SIGKILL'), 'SIGKILL');
     await midWrite;
     assert.notDeepEqual((await readFile(remote)).subarray(5 * MIB, 8 * MIB), bytes, 'nothing was pushed before the kill');
     assert.ok(await waitUntil(async () => (await leftoversUnder(dir)).length === 0, 15_000), (await leftoversUnder(dir)).join('\n'));
 
-    const second = await start(MOUNT_BIN, args);
+    const second = await startBin(MOUNT_BIN, args);
     try {
       const handle = await open(second.line, 'r');
       try {
@@ -170,6 +123,10 @@ describe('r3map-mount --managed with bad input', { concurrency: true }, () => {
     { name: 'a negative worker count', args: ['--managed', '--backend', 'memory', '--size', '64MiB', '--push-workers', '-1'], message: /not a whole number/ },
     { name: 'an unknown pull priority', args: ['--managed', '--backend', 'memory', '--size', '64MiB', '--pull-priority', 'random'], message: /random/ },
     { name: '--hot-ranges-file with --pull-priority', args: ['--managed', '--backend', 'memory', '--size', '64MiB', '--pull-priority', 'descending', '--hot-ranges-file', '/x'], message: /exclude each other/ },
+    { name: '--chunk-size none (a direct-mount spelling)', args: ['--managed', '--backend', 'memory', '--size', '64MiB', '--chunk-size', 'none'], message: /--chunk-size none is for direct mounts/ },
+    { name: 'a managed chunk size of 0', args: ['--managed', '--backend', 'memory', '--size', '64MiB', '--chunk-size', '0'], message: /chunk size of a managed mount must be a whole number of bytes from 1 to 32 MiB, got 0/ },
+    { name: 'a direct chunk size of 0', args: ['--backend', 'memory', '--size', '64MiB', '--chunk-size', '0'], message: /say 'none' \(--chunk-size none\)/ },
+    { name: 'a direct chunk size that is not a size', args: ['--backend', 'memory', '--size', '64MiB', '--chunk-size', 'lots'], message: /lots/ },
     { name: 'a missing hot-ranges file', args: ['--managed', '--backend', 'memory', '--size', '64MiB', '--hot-ranges-file', '/nonexistent/hot.txt', '--transport', 'fuse-loop'], message: /hot-ranges file \/nonexistent\/hot\.txt/ },
   ];
   for (const c of cases) {

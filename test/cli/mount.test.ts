@@ -5,17 +5,15 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { hasNbdDriver } from '../../src/mount/transport.js';
 import { leftoversUnder, loopDevice, requireFuseLoop, waitUntil } from '../support/fuse-loop.js';
-import { makeTempDir, PROJECT_ROOT, removeDir, requireTool, runOk, runTool, type RunResult } from '../support/tools.js';
+import { makeTempDir, removeDir, requireTool, runOk, runTool, type RunResult } from '../support/tools.js';
+import { MOUNT_BIN, start, type Mounted } from '../support/mount-cli.js';
 
-const MOUNT_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-mount.js');
 const MIB = 1024 * 1024;
 let dir: string;
 
@@ -31,56 +29,10 @@ after(async () => {
 
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, TMPDIR: dir, R3MAP_LOG_LEVEL: 'info' });
 
-interface Mounted {
-  readonly device: string;
-  readonly child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  /** SIGTERM (unless already dead), then the exit code; bounded. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
-}
-
-const started = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of started) child.kill('SIGKILL');
-});
-
 /** Starts r3map-mount and waits (bounded) for the device path on stdout. */
 async function startMount(args: readonly string[]): Promise<Mounted> {
-  const child = spawn(process.execPath, [MOUNT_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env() });
-  started.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => void (stderr = (stderr + d.toString()).slice(-20_000)));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
-    started.delete(child);
-    resolve(code);
-  }));
-  const device = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`r3map-mount printed no device in 20 s\nstderr: ${stderr}`)), 20_000);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      stdout += `${line}\n`;
-      clearTimeout(timer);
-      resolve(line);
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`r3map-mount exited with ${code} before it was ready\nstderr: ${stderr}`));
-    });
-  }).catch((err: unknown) => {
-    child.kill('SIGKILL');
-    throw err;
-  });
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    try {
-      return await exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-  return { device, child, stdout: () => stdout, stderr: () => stderr, stop };
+  const r = await start(MOUNT_BIN, args, { env: env(), startTimeoutMs: 20_000, stopTimeoutMs: 20_000 });
+  return Object.assign(r, { device: r.line });
 }
 
 function runMount(args: readonly string[]): Promise<RunResult> {
@@ -166,7 +118,7 @@ describe('r3map-mount through fuse-loop', () => {
   test('after kill -9 the watchdog detaches the device and unmounts the FUSE file', async (t) => {
     if (!requireFuseLoop(t)) return;
     const m = await startMount(['--backend', 'memory', '--size', '64MiB']);
-    assert.equal(await m.stop('SIGKILL'), null);
+    assert.equal(await m.stop('SIGKILL'), 'SIGKILL');
     assert.ok(await waitUntil(async () => (await leftoversUnder(dir)).length === 0, 15_000), (await leftoversUnder(dir)).join('\n'));
     // The device is free now (or already someone else's): --disconnect never detaches it.
     const r = await runMount(['--disconnect', m.device]);
@@ -180,7 +132,7 @@ describe('r3map-mount through fuse-loop', () => {
     const watchdog = await findWatchdog(path.dirname(path.dirname(backFile)));
     assert.ok(watchdog !== undefined, 'the watchdog is running');
     process.kill(watchdog, 'SIGKILL');
-    assert.equal(await m.stop('SIGKILL'), null);
+    assert.equal(await m.stop('SIGKILL'), 'SIGKILL');
     assert.equal((await loopDevice(m.device))?.backFile, backFile, 'the device is left behind');
     const r = await runMount(['--disconnect', m.device]);
     assert.equal(r.code, 0, r.stderr);

@@ -10,7 +10,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { GrpcBackend } from '../../src/backends/grpc.js';
-import { NbdClient } from '../../src/nbd/client.js';
+import { NbdClient } from '../../src/nbd-client/client.js';
 import { BackendError } from '../../src/errors.js';
 import { pattern } from '../support/rwat-suite.js';
 import { makeTempDir, removeDir, requireTool, runTool, SERVE_BIN } from '../support/tools.js';

@@ -6,19 +6,17 @@
  * to start there). The fuse-loop version of these tests is test/cli/mount.test.ts.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { listNbdDevices } from '../../src/kernel/nbd-device.js';
 import { nbdIndexOf, readNbdState, threadAlive } from '../../src/kernel/sysfs.js';
-import { makeTempDir, PROJECT_ROOT, removeDir, runOk, runTool, type RunResult } from '../support/tools.js';
+import { makeTempDir, removeDir, runOk, runTool, type RunResult } from '../support/tools.js';
 import { nbdUnavailable, requireNbd } from './support.js';
+import { MOUNT_BIN, killAll, start, type Mounted } from '../support/mount-cli.js';
 
-const MOUNT_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-mount.js');
 const MIB = 1024 * 1024;
 const SIZE = '64MiB';
 /** Under emulation node takes 3-10 s to start, and r3map-mount 25-50 s on a loaded host; five start at once. */
@@ -29,13 +27,12 @@ const SETTLE_MS = 10_000;
 const SUITE_TIMEOUT_MS = 900_000;
 
 let dir: string;
-const started = new Set<ChildProcess>();
 
 before(async () => {
   dir = await makeTempDir('r3map-kernel-mount-');
 });
 after(async () => {
-  for (const child of started) child.kill('SIGKILL');
+  killAll();
   for (const m of (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(`${dir}/`))) {
     await runTool('umount', ['-l', m]);
   }
@@ -45,51 +42,10 @@ after(async () => {
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, R3MAP_LOG_LEVEL: 'info' });
 const step = { timeoutMs: STEP_TIMEOUT_MS };
 
-interface Mounted {
-  readonly device: string;
-  readonly child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  /** Sends `signal` (unless the process is gone), then resolves with the exit code or signal; bounded. */
-  stop(signal?: NodeJS.Signals): Promise<number | string>;
-}
-
 /** Starts `r3map-mount --transport nbd ARGS` and waits (bounded) for the device path on stdout. */
 async function startMount(args: readonly string[]): Promise<Mounted> {
-  const child = spawn(process.execPath, [MOUNT_BIN, '--transport', 'nbd', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env() });
-  started.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => void (stderr = (stderr + d.toString()).slice(-20_000)));
-  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => {
-    started.delete(child);
-    resolve(code ?? signal ?? 'unknown');
-  }));
-  const device = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`r3map-mount printed no device within ${START_TIMEOUT_MS} ms\nstderr: ${stderr}`)), START_TIMEOUT_MS);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      stdout += `${line}\n`;
-      clearTimeout(timer);
-      resolve(line);
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`r3map-mount exited with ${code} before it was ready\nstderr: ${stderr}`));
-    });
-  }).catch((err: unknown) => {
-    child.kill('SIGKILL');
-    throw err;
-  });
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | string> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), STEP_TIMEOUT_MS);
-    try {
-      return await exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-  return { device, child, stdout: () => stdout, stderr: () => stderr, stop };
+  const r = await start(MOUNT_BIN, ['--transport', 'nbd', ...args], { env: env(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STEP_TIMEOUT_MS });
+  return Object.assign(r, { device: r.line });
 }
 
 function runMount(args: readonly string[]): Promise<RunResult> {

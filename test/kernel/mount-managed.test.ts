@@ -13,15 +13,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { listNbdDevices } from '../../src/kernel/nbd-device.js';
 import { nbdIndexOf, readNbdState } from '../../src/kernel/sysfs.js';
-import { makeTempDir, PROJECT_ROOT, removeDir, runOk, runTool, SERVE_BIN } from '../support/tools.js';
+import { makeTempDir, removeDir, runOk, runTool, SERVE_BIN } from '../support/tools.js';
 import { nbdUnavailable, requireNbd } from './support.js';
+import { killAll, MOUNT_BIN, start, type Running } from '../support/mount-cli.js';
 
-const MOUNT_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-mount.js');
 const MIB = 1024 * 1024;
 const SIZE = 32 * MIB;
 /** Node takes 3-10 s to start in the VM, r3map-mount 25-50 s on a loaded host. */
@@ -34,12 +33,14 @@ const SUITE_TIMEOUT_MS = 900_000;
 const DEVICES = Object.freeze({ ext4: '/dev/nbd4', victim: '/dev/nbd5', direct: '/dev/nbd6', restart: '/dev/nbd7' });
 
 let dir: string;
+/** Children this file spawns itself (dd); r3map's commands are tracked by support/mount-cli.ts. */
 const started = new Set<ChildProcess>();
 
 before(async () => {
   dir = await makeTempDir('r3map-kernel-managed-');
 });
 after(async () => {
+  killAll();
   for (const child of started) child.kill('SIGKILL');
   for (const m of (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(`${dir}/`))) {
     await runTool('umount', ['-l', m]);
@@ -50,53 +51,9 @@ after(async () => {
 const env = (): NodeJS.ProcessEnv => ({ ...process.env, R3MAP_LOG_LEVEL: 'info' });
 const step = { timeoutMs: STEP_TIMEOUT_MS };
 
-interface Running {
-  /** The first line printed on stdout (a device path, or the URI r3map-serve listens on). */
-  readonly line: string;
-  readonly child: ChildProcess;
-  stdout(): string;
-  stderr(): string;
-  /** Sends `signal` (unless the process is gone), then resolves with the exit code or signal; bounded. */
-  stop(signal?: NodeJS.Signals): Promise<number | string>;
-}
-
 /** Starts `node BIN ARGS` and waits (bounded) for its first line on stdout. */
-async function start(bin: string, args: readonly string[]): Promise<Running> {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env() });
-  started.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => void (stderr = (stderr + d.toString()).slice(-40_000)));
-  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => {
-    started.delete(child);
-    resolve(code ?? signal ?? 'unknown');
-  }));
-  const name = path.basename(bin);
-  const line = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} printed nothing within ${START_TIMEOUT_MS} ms\nstderr: ${stderr}`)), START_TIMEOUT_MS);
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      stdout += `${l}\n`;
-      clearTimeout(timer);
-      resolve(l);
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited with ${code} before it was ready\nstderr: ${stderr}`));
-    });
-  }).catch((err: unknown) => {
-    child.kill('SIGKILL');
-    throw err;
-  });
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | string> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), STEP_TIMEOUT_MS);
-    try {
-      return await exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-  return { line, child, stdout: () => stdout, stderr: () => stderr, stop };
+function startBin(bin: string, args: readonly string[]): Promise<Running> {
+  return start(bin, args, { env: env(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STEP_TIMEOUT_MS });
 }
 
 /**
@@ -106,13 +63,13 @@ async function start(bin: string, args: readonly string[]): Promise<Running> {
  */
 async function startMount(args: readonly string[], t?: TestContext): Promise<Running> {
   try {
-    return await start(MOUNT_BIN, args);
+    return await startBin(MOUNT_BIN, args);
   } catch (err) {
     if (!/ open: no answer within \d+ ms/.test(String(err))) throw err;
     const note = `retrying r3map-mount ${args.join(' ')}: the gRPC remote's first answer took over its deadline`;
     if (t !== undefined) t.diagnostic(note);
     else process.stderr.write(`# ${note}\n`);
-    return start(MOUNT_BIN, args);
+    return startBin(MOUNT_BIN, args);
   }
 }
 
@@ -174,7 +131,7 @@ describe('r3map-mount --managed --transport nbd, with r3map-serve over gRPC as t
   before(async () => {
     if (nbdUnavailable() !== undefined) return;
     const [ext4Serve, victimServe] = await Promise.all((['ext4', 'victim'] as const).map((name) =>
-      start(SERVE_BIN, ['--backend', `file://${remote[name]()}`, '--size', String(SIZE), '--listen', `grpc+unix://${path.join(dir, `${name}.sock`)}`])));
+      startBin(SERVE_BIN, ['--backend', `file://${remote[name]()}`, '--size', String(SIZE), '--listen', `grpc+unix://${path.join(dir, `${name}.sock`)}`])));
     serves = { ext4: ext4Serve!, victim: victimServe! };
     const all = await Promise.allSettled([
       startMount(['--managed', '--transport', 'nbd', '--device', DEVICES.ext4, '--backend', serves.ext4.line, '--cache', cache.ext4(),

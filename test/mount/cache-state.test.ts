@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from '../../src/errors.js';
-import { CacheState, type CacheStateIdentity, type CacheStateSource } from '../../src/mount/cache-state.js';
+import { CacheState, type CacheStateIdentity } from '../../src/mount/cache-state.js';
+import { ChunkState } from '../../src/pipeline/chunk-state.js';
+import { ChunkTable, RemoteSync } from '../../src/pipeline/chunk-table.js';
 import { makeTempDir, removeDir } from '../support/tools.js';
 
 const identity: CacheStateIdentity = { size: 20 * 4096 + 100, chunkSize: 4096, remoteId: 'grpc://host:1337' };
@@ -25,9 +27,10 @@ async function newCache(): Promise<string> {
   return cache;
 }
 
-interface FakeSource extends CacheStateSource {
-  readonly local: Uint8Array;
-  readonly dirty: Uint8Array;
+/** The stack's side of a cache state: its chunk table and the cache's fdatasync. */
+interface FakeSource {
+  readonly table: ChunkTable;
+  syncCache(): Promise<void>;
   syncs: number;
   failSync: boolean;
   /** syncCache waits for this while set. */
@@ -36,13 +39,10 @@ interface FakeSource extends CacheStateSource {
 
 function fakeSource(): FakeSource {
   const s: FakeSource = {
-    local: new Uint8Array(chunks),
-    dirty: new Uint8Array(chunks),
+    table: new ChunkTable(identity),
     syncs: 0,
     failSync: false,
     gate: undefined,
-    fillLocal: (bytes) => bytes.set(s.local),
-    fillDirty: (bytes) => bytes.set(s.dirty),
     syncCache: async () => {
       s.syncs++;
       await s.gate;
@@ -54,13 +54,24 @@ function fakeSource(): FakeSource {
 
 async function openState(cache: string, source = fakeSource(), id = identity): Promise<{ state: CacheState; source: FakeSource }> {
   const state = await CacheState.load(cache, id);
-  await state.open(source);
+  await state.open(source.table, source.syncCache);
   return { state, source: source as FakeSource };
 }
 
-function set(bytes: Uint8Array, indexes: readonly number[]): void {
-  bytes.fill(0);
-  for (const i of indexes) bytes[i] = 1;
+/** Exactly `indexes` are LOCAL in the table. */
+function setLocal(table: ChunkTable, indexes: readonly number[]): void {
+  for (let i = 0; i < chunks; i++) table.setState(i, indexes.includes(i) ? ChunkState.LOCAL : ChunkState.REMOTE);
+}
+
+/** Exactly `indexes` are dirty in the table (the others pushed). */
+function setDirty(table: ChunkTable, indexes: readonly number[]): void {
+  for (let i = 0; i < chunks; i++) {
+    if (indexes.includes(i)) {
+      if (table.dirty[i] === 0) table.markDirty(i);
+    } else {
+      table.markPushed(i, table.generation[i]!);
+    }
+  }
 }
 
 describe('CacheState', () => {
@@ -69,8 +80,8 @@ describe('CacheState', () => {
     const { state, source } = await openState(cache);
     assert.equal(state.restored.fresh, true);
     assert.equal((await stat(state.path)).size % 8192, 0);
-    set(source.local, [0, 1, 5, 20]);
-    set(source.dirty, [1, 20]);
+    setLocal(source.table, [0, 1, 5, 20]);
+    setDirty(source.table, [1, 20]);
     await state.save('full');
     assert.equal(source.syncs, 1, 'the cache was fdatasynced before the bits were saved');
     await state.close();
@@ -81,10 +92,10 @@ describe('CacheState', () => {
   it('an intent save raises dirty bits but keeps the local bits of the last full save, without a cache fdatasync', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
-    set(source.local, [2, 3]);
+    setLocal(source.table, [2, 3]);
     await state.save('full');
-    set(source.local, [2, 3, 4]);
-    set(source.dirty, [3, 4]);
+    setLocal(source.table, [2, 3, 4]);
+    setDirty(source.table, [3, 4]);
     await state.save('intent');
     assert.equal(source.syncs, 1);
     await state.close();
@@ -97,11 +108,12 @@ describe('CacheState', () => {
   it('beginWrite() holds a write to a chunk saved local and clean until a save has raised its dirty bit', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
-    set(source.local, [7, 8]);
-    set(source.dirty, [8]);
+    setLocal(source.table, [7, 8]);
+    setDirty(source.table, [8]);
     await state.save('full');
     assert.equal(state.beginWrite(3), undefined, 'not saved local: no wait');
     assert.equal(state.beginWrite(8), undefined, 'saved dirty: no wait');
+    source.table.writing[7] = 1; // as WriteMarks sets it before beginWrite()
     const wait = state.beginWrite(7);
     assert.ok(wait instanceof Promise, 'saved local and clean: wait for a save');
     await wait;
@@ -112,10 +124,11 @@ describe('CacheState', () => {
   it('a write that ended and was pushed no longer keeps its chunk dirty', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
-    set(source.local, [1]);
+    setLocal(source.table, [1]);
     await state.save('full');
+    source.table.writing[1] = 1;
     await state.beginWrite(1);
-    state.endWrite(1);
+    source.table.writing[1] = 0;
     await state.save('full'); // the source says clean now (pushed and synced)
     await state.close();
     assert.deepEqual((await CacheState.load(cache, identity)).restored.dirty, []);
@@ -138,10 +151,10 @@ describe('CacheState', () => {
   it('a failed save leaves the last good slot in place and the next save succeeds', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
-    set(source.local, [1]);
+    setLocal(source.table, [1]);
     await state.save('full');
     source.failSync = true;
-    set(source.local, [1, 2]);
+    setLocal(source.table, [1, 2]);
     await assert.rejects(state.save('full'), /EIO/);
     assert.deepEqual((await CacheState.load(cache, identity)).restored.local, [1]);
     source.failSync = false;
@@ -153,9 +166,9 @@ describe('CacheState', () => {
   it('a torn newest slot falls back to the other one; two bad slots are a UsageError', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
-    set(source.local, [1]);
+    setLocal(source.table, [1]);
     await state.save('full'); // sequence 2, slot 0
-    set(source.local, [1, 2]);
+    setLocal(source.table, [1, 2]);
     await state.save('full'); // sequence 3, slot 1
     await state.close();
     const file = await readFile(state.path);
@@ -197,11 +210,11 @@ describe('CacheState', () => {
   it('a state whose cache is gone: fresh when nothing was dirty, a UsageError when writes would be lost', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
-    set(source.local, [0]);
+    setLocal(source.table, [0]);
     await state.save('full');
     await removeDir(cache);
     assert.equal((await CacheState.load(cache, identity)).restored.fresh, true);
-    set(source.dirty, [0]);
+    setDirty(source.table, [0]);
     await state.save('full');
     await state.close();
     await assert.rejects(CacheState.load(cache, identity), /missing, but its state says 1 chunk/);
@@ -212,13 +225,32 @@ describe('CacheState', () => {
     const cache = await newCache();
     const state = await CacheState.load(cache, identity, { intervalMs: 1000 });
     const source = fakeSource();
-    await state.open(source);
+    await state.open(source.table, source.syncCache);
     t.mock.timers.tick(1000);
     await new Promise((resolve) => setImmediate(resolve));
     assert.equal(source.syncs, 0);
-    state.noteChange();
+    source.table.markDirty(3);
     t.mock.timers.tick(1000);
     await state.close();
     assert.equal(source.syncs, 1);
+  });
+
+  it('saves the table: pushed-not-synced and in-flight writes count as dirty; restoreInto() puts it back', async () => {
+    const cache = await newCache();
+    const { state, source } = await openState(cache);
+    setLocal(source.table, [1, 2, 3, 4]);
+    setDirty(source.table, [1]);
+    source.table.unsynced[2] = RemoteSync.WRITTEN; // pushed, the remote not synced yet
+    source.table.writing[3] = 1;
+    await state.save('full');
+    await state.close();
+    const again = await CacheState.load(cache, identity);
+    assert.deepEqual(again.restored.dirty, [1, 2, 3]);
+    const table = new ChunkTable(identity);
+    again.restoreInto(table);
+    assert.equal(table.localCount, 4);
+    assert.ok(table.isLocal(4) && !table.isLocal(0));
+    assert.deepEqual(table.dirtyIndexes(), [1, 2, 3]);
+    assert.throws(() => again.restoreInto(new ChunkTable({ ...identity, chunkSize: 8192 })), /the chunk table is for/);
   });
 });

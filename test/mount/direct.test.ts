@@ -20,6 +20,9 @@ describe('direct mount options', () => {
     ['both a backend URI and a backend', () => new DirectPathMount({ backendUri: 'memory', backend: new MemoryBackend({ size: SIZE }) })],
     ['neither a backend URI nor a backend', () => new DirectPathMount({})],
     ['a negative chunk size', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, chunkSize: -1 })],
+    ['a chunk size of 0 (no chunking is spelled none)', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, chunkSize: 0 })],
+    ['a chunk size above 1 GiB', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, chunkSize: 2 * 1024 ** 3 })],
+    ['a negative latency', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, latencyMs: -1 })],
     ['a slice mount given a backend object', () => new DirectSliceMount({ backend: new MemoryBackend({ size: SIZE }) } as never)],
   ];
   for (const [name, make] of cases) {

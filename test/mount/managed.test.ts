@@ -22,6 +22,9 @@ const chunkSize = 4096;
 const chunks = 64;
 const size = chunks * chunkSize;
 let dir: string;
+let n = 0;
+/** A fresh cache path in the test directory. */
+const cacheFile = (): string => path.join(dir, `cache-${++n}.img`);
 
 before(async () => {
   dir = await makeTempDir('r3map-managed-');
@@ -178,6 +181,27 @@ describe('managed stack: reads and writes', () => {
     await mount.close();
   });
 
+  for (const cache of ['memory', 'file'] as const) {
+    it(`writev (a WRITE in socket-sized pieces) lands, unaligned and across chunks, and is pushed (${cache} cache)`, async () => {
+      const content = randomBytes(size);
+      const model = Buffer.from(content);
+      const remote = remoteWith(content);
+      const { mount, device } = await open({ remote, pullWorkers: 0, ...(cache === 'file' ? { cache: cacheFile() } : {}) });
+      assert.equal(typeof device.writev, 'function', 'the managed backend offers the scatter path');
+      const data = randomBytes(3 * chunkSize + 100);
+      const pieces = [data.subarray(0, 1000), data.subarray(1000, 1000), data.subarray(1000, 9000), data.subarray(9000)];
+      data.copy(model, chunkSize - 50);
+      await device.writev!(pieces, chunkSize - 50);
+      await device.writev!([data.subarray(0, chunkSize / 2), data.subarray(chunkSize / 2, chunkSize)], 20 * chunkSize); // whole chunk, 2 pieces
+      data.copy(model, 20 * chunkSize, 0, chunkSize);
+      assert.deepEqual(await read(device, 0, size), model);
+      assert.equal(mount.stats().dirtyChunks, 6, 'chunks 0-4 and 20');
+      await mount.sync();
+      assert.deepEqual(remote.peek(0, size), model);
+      await mount.close();
+    });
+  }
+
   it('with a memory cache, a FLUSH pushes (nothing else would survive a crash)', async () => {
     const remote = remoteWith(Buffer.alloc(size));
     const { mount, device } = await open({ remote, pullWorkers: 0 });
@@ -317,8 +341,6 @@ describe('ManagedFileMount', () => {
 });
 
 describe('managed stack: crash safety with a file cache', () => {
-  let n = 0;
-  const cacheFile = (): string => path.join(dir, `cache-${++n}.img`);
 
   it('after a crash that followed a flush, no chunk is pulled again and every flushed write reaches the remote', async () => {
     const cache = cacheFile();

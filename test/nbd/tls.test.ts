@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { NbdProtocolError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
 import { decodeOptionReplyHeader, encodeClientFlags, encodeInfoRequest, encodeOption } from '../../src/nbd/codec.js';
-import { NbdClient, type NbdClientTlsOptions } from '../../src/nbd/client.js';
+import { NbdClient, type NbdClientTlsOptions } from '../../src/nbd-client/client.js';
 import {
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_OPT_ABORT,

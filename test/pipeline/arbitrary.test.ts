@@ -130,3 +130,48 @@ it('a multi-chunk read whose later chunk fails while an earlier one is pending r
     process.off('unhandledRejection', onUnhandled);
   }
 });
+
+describe('ArbitraryReadWriterAt.writev', () => {
+  /** A next that records how each chunk arrived: one buffer (a view or a copy) or pieces. */
+  function scatterSetup(withWritev: boolean) {
+    const store = new MemoryStore(size);
+    const arrived: Array<{ off: number; pieces: readonly Buffer[] }> = [];
+    const next = {
+      readAt: (buf: Buffer, off: number) => store.readAt(buf, off),
+      writeAt: (buf: Buffer, off: number) => (arrived.push({ off, pieces: [buf] }), store.writeAt(buf, off)),
+      ...(withWritev ? { writev: (bufs: readonly Buffer[], off: number) => (arrived.push({ off, pieces: bufs }), store.writeAt(Buffer.concat(bufs), off)) } : {}),
+    };
+    return { store, arrived, rw: new ArbitraryReadWriterAt(next, { chunkSize, size }) };
+  }
+  const pattern = (length: number, seed: number): Buffer => Buffer.from(Array.from({ length }, (_, i) => (i * 7 + seed) & 0xff));
+
+  it('writes the pieces as if concatenated, across chunk and piece boundaries, partial chunks included', async () => {
+    for (const withWritev of [true, false]) {
+      const { store, rw } = scatterSetup(withWritev);
+      const data = pattern(size - 3, 1);
+      const pieces = [data.subarray(0, 5), Buffer.alloc(0), data.subarray(5, 30), data.subarray(30, 31), data.subarray(31)];
+      await rw.writev(pieces, 2);
+      assert.deepEqual(store.peek(2, size - 3), data);
+      assert.deepEqual(store.peek(0, 2), Buffer.alloc(2), 'the bytes before the write are kept');
+    }
+  });
+
+  it('hands on views of the caller\'s pieces, never a copy, where a chunk lies in one piece or next has writev', async () => {
+    const { arrived, rw } = scatterSetup(true);
+    const a = pattern(chunkSize + 4, 2); // chunk 0 whole, 4 bytes of chunk 1
+    const b = pattern(chunkSize - 4, 3); // the rest of chunk 1
+    await rw.writev([a, b], 0);
+    arrived.sort((x, y) => x.off - y.off);
+    assert.equal(arrived.length, 2);
+    assert.equal(arrived[0]!.pieces[0]!.buffer, a.buffer, 'chunk 0: a view of piece a');
+    assert.equal(arrived[1]!.pieces.length, 2, 'chunk 1: two pieces, passed to writev');
+    assert.equal(arrived[1]!.pieces[1]!.buffer, b.buffer);
+  });
+
+  it('rejects a range outside the target before next is touched', async () => {
+    const { arrived, rw } = scatterSetup(true);
+    await assert.rejects(rw.writev([Buffer.alloc(4), Buffer.alloc(4)], size - 4), { code: 'ERR_OUT_OF_RANGE' });
+    assert.deepEqual(arrived, []);
+    await rw.writev([], 0);
+  });
+});

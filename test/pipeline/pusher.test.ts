@@ -1,18 +1,22 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClosedError, MisalignedError, OutOfRangeError, UsageError } from '../../src/errors.js';
+import { ChunkTable } from '../../src/pipeline/chunk-table.js';
 import { Pusher } from '../../src/pipeline/pusher.js';
+import { WriteMarks } from '../../src/pipeline/write-marks.js';
 import { filled, Gate, settle, TestStore, within } from './support-store.js';
 
 const chunkSize = 4;
 const size = 11 * chunkSize + 2; // 12 chunks, the last one 2 bytes long
-const chunks = 12;
 const lastOff = 11 * chunkSize;
 const lengthAt = (off: number): number => Math.min(chunkSize, size - off);
 
 interface Rig {
   local: TestStore;
   remote: TestStore & { syncs: number };
+  table: ChunkTable;
+  /** The data path's write stage: writes land in `local` and mark their chunk dirty. */
+  marks: WriteMarks;
   pusher: Pusher;
 }
 
@@ -20,13 +24,14 @@ function rig(workers = 2, intervalMs = 0, remoteHook?: TestStore['hook']): Rig {
   const local = new TestStore(size);
   const remote = Object.assign(new TestStore(size, remoteHook), { syncs: 0 });
   const remoteWithSync = Object.assign(remote, { sync: async () => void remote.syncs++ });
-  const pusher = new Pusher(local, remoteWithSync, { chunkSize, size, workers, intervalMs });
-  return { local, remote, pusher };
+  const table = new ChunkTable({ chunkSize, size });
+  const pusher = new Pusher(table, local, remoteWithSync, { workers, intervalMs });
+  return { local, remote, table, marks: new WriteMarks(local, { table }), pusher };
 }
 
-/** Writes `byte` over the whole chunk at `off` through the pusher. */
-function write(pusher: Pusher, off: number, byte: number): Promise<void> {
-  return pusher.writeAt(filled(lengthAt(off), byte), off);
+/** Writes `byte` over the whole chunk at `off` through the write-marking stage. */
+function write(r: Rig, off: number, byte: number): Promise<void> {
+  return r.marks.writeAt(filled(lengthAt(off), byte), off);
 }
 
 function remoteChunk(r: Rig, off: number): Buffer {
@@ -38,22 +43,27 @@ describe('Pusher', () => {
     assert.throws(() => rig(0), UsageError);
   });
 
-  it('pushes nothing for chunks that were never marked pushable', async () => {
+  it('pushes nothing while nothing is dirty; data put in local behind its back is not pushed', async () => {
     const r = rig();
-    await write(r.pusher, 0, 7);
+    r.local.data.fill(7, 0, chunkSize); // as a fetch from the remote fills the cache
     assert.equal(await r.pusher.sync(), 0);
     assert.equal(r.remote.offsets('write').length, 0);
-    assert.deepEqual(r.local.data.subarray(0, 4), filled(4, 7));
-    assert.equal(r.pusher.isPushable(0), false);
+    assert.equal(r.remote.syncs, 1, 'the remote is synced all the same');
+    assert.equal(r.table.dirtyCount, 0);
+  });
+
+  it('takes its geometry from the table', () => {
+    const r = rig();
+    assert.deepEqual(r.pusher.options, { chunkSize, size, workers: 2, intervalMs: 0 });
   });
 
   describe('sync() pushes exactly the dirty chunks', () => {
     for (const workers of [1, 2, 10]) {
       it(`with ${workers} worker(s)`, async () => {
         const r = rig(workers, 0, (op) => (op === 'write' ? settle() : undefined)); // pushes overlap
-        for (let i = 0; i < chunks; i++) r.pusher.markPushable(i * chunkSize);
         const dirty = [chunkSize, 3 * chunkSize, 4 * chunkSize, 6 * chunkSize, lastOff];
-        for (const off of dirty) await write(r.pusher, off, off + 1);
+        for (const off of dirty) await write(r, off, off + 1);
+        assert.equal(r.table.dirtyCount, dirty.length);
         assert.deepEqual(r.pusher.dirtyOffsets(), dirty);
         assert.equal(await r.pusher.sync(), dirty.length);
         assert.deepEqual(r.remote.offsets('write').sort((a, b) => a - b), dirty);
@@ -70,11 +80,10 @@ describe('Pusher', () => {
   it('pushes again a write that lands while its chunk is being pushed', async () => {
     const gate = new Gate();
     const r = rig(1, 0, (op, _off, attempt) => (op === 'write' && attempt === 0 ? gate.wait() : undefined));
-    r.pusher.markPushable(0);
-    await write(r.pusher, 0, 1);
+    await write(r, 0, 1);
     const synced = r.pusher.sync();
     await within(gate.entered, 'the first push');
-    await within(write(r.pusher, 0, 2), 'the racing write'); // lands while the push of 1s is blocked
+    await within(write(r, 0, 2), 'the racing write'); // lands while the push of 1s is blocked
     gate.open();
     assert.equal(await within(synced, 'sync()'), 1);
     assert.deepEqual(remoteChunk(r, 0), filled(4, 2));
@@ -88,8 +97,7 @@ describe('Pusher', () => {
     r.pusher.markDirty([0]);
     const first = r.pusher.sync();
     await within(gate.entered, 'the first push');
-    r.pusher.markPushable(chunkSize);
-    await write(r.pusher, chunkSize, 9);
+    await write(r, chunkSize, 9);
     const second = r.pusher.sync();
     const third = r.pusher.sync();
     assert.equal(second, third, 'a sync() queued behind a run is shared');
@@ -104,10 +112,9 @@ describe('Pusher', () => {
 
   it('pushes on its interval', async () => {
     const r = rig(2, 5);
-    r.pusher.markPushable(lastOff);
     r.pusher.open();
     r.pusher.open();
-    await write(r.pusher, lastOff, 3);
+    await write(r, lastOff, 3);
     const pushed = new Promise<void>((resolve) => {
       r.pusher.on('push', ({ pushedChunks }) => pushedChunks > 0 && resolve());
     });
@@ -116,15 +123,13 @@ describe('Pusher', () => {
     await r.pusher.close();
   });
 
-  it('does a final sync on close(), is idempotent, and refuses writes afterwards', async () => {
+  it('does a final sync on close(), is idempotent, and cannot be opened again', async () => {
     const r = rig(2);
-    r.pusher.markPushable(2 * chunkSize);
-    await write(r.pusher, 2 * chunkSize, 5);
+    await write(r, 2 * chunkSize, 5);
     const closing = r.pusher.close();
     assert.equal(r.pusher.close(), closing);
     await within(closing, 'close()');
     assert.deepEqual(remoteChunk(r, 2 * chunkSize), filled(4, 5));
-    await assert.rejects(write(r.pusher, 2 * chunkSize, 6), ClosedError);
     assert.throws(() => r.pusher.open(), ClosedError);
   });
 
@@ -161,22 +166,20 @@ describe('Pusher', () => {
     assert.deepEqual(r.pusher.dirtyOffsets(), []);
   });
 
-  it('restores dirty state with markDirty() and reads straight from local', async () => {
+  it('pushes data written earlier once markDirty() names it', async () => {
     const r = rig(1);
     r.local.data.fill(8, chunkSize, 2 * chunkSize);
     r.pusher.markDirty([chunkSize]);
-    assert.equal(r.pusher.isPushable(chunkSize), true);
-    const buf = Buffer.alloc(4);
-    await r.pusher.readAt(buf, chunkSize);
-    assert.deepEqual(buf, filled(4, 8));
+    assert.deepEqual(r.pusher.dirtyOffsets(), [chunkSize]);
     assert.equal(await r.pusher.sync(), 1);
     assert.deepEqual(remoteChunk(r, chunkSize), filled(4, 8));
   });
 
   it('rejects offsets that are misaligned or out of range', () => {
     const r = rig();
-    assert.throws(() => r.pusher.markPushable(1), MisalignedError);
-    assert.throws(() => r.pusher.markDirty([size + 2]), OutOfRangeError);
-    assert.throws(() => r.pusher.isPushable(-4), OutOfRangeError);
+    assert.throws(() => r.pusher.markDirty([1]), MisalignedError);
+    assert.throws(() => r.pusher.markDirty([0, size + 2]), OutOfRangeError);
+    assert.deepEqual(r.pusher.dirtyOffsets(), [], 'a bad offset changes nothing');
+    assert.throws(() => r.pusher.markDirty([-4]), OutOfRangeError);
   });
 });

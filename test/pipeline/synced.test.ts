@@ -246,3 +246,34 @@ describe('SyncedReadWriterAt', () => {
     assert.deepEqual(errors, [boom]);
   });
 });
+
+describe('SyncedReadWriterAt.writev', () => {
+  it('to a local chunk: the pieces go to local.writev as they are; to a remote chunk: gathered, made local', async () => {
+    const { remote, local, synced, localized } = setup(2);
+    const seen: Array<readonly Buffer[]> = [];
+    Object.assign(local, { writev: async (bufs: readonly Buffer[], off: number) => (seen.push(bufs), local.writeAt(Buffer.concat(bufs), off)) });
+    await synced.writev([text('ab'), text('cd')], 4); // remote chunk: gathered, no fetch
+    assert.equal(remote.readCalls, 0);
+    assert.deepEqual(localized, [4]);
+    assert.deepEqual(seen, []);
+    const pieces = [text('w'), text('xyz')];
+    await synced.writev(pieces, 4); // now local
+    assert.equal(seen[0], pieces);
+    assert.deepEqual(local.peek(4, 4), text('wxyz'));
+  });
+
+  it('shares the state column of the table it is given', async () => {
+    const { ChunkTable } = await import('../../src/pipeline/chunk-table.js');
+    const table = new ChunkTable({ chunkSize, size: 2 * chunkSize });
+    const { synced } = setup(2, 0, { table });
+    await synced.writeAt(text('abcd'), 0);
+    assert.equal(table.localCount, 1);
+    assert.equal(synced.localCount, 1);
+    assert.throws(() => setup(3, 0, { table }), /synced: the chunk table is for 8 bytes/);
+  });
+
+  it('rejects pieces that do not make one whole chunk', async () => {
+    const { synced } = setup(2);
+    await assert.rejects(synced.writev([text('ab'), text('c')], 0));
+  });
+});

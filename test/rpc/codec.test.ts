@@ -23,10 +23,17 @@ import {
 } from '../../src/rpc/codec.js';
 
 const PROTOS = path.join(PROJECT_ROOT, 'src', 'rpc', 'protos');
-const mount = protobuf.loadSync(path.join(PROTOS, 'mount', 'v1', 'backend.proto'));
-const migration = protobuf.loadSync(path.join(PROTOS, 'migration', 'v1', 'seeder.proto'));
+/** Loads a .proto as protoc -I src/rpc/protos would: imports are relative to that root. */
+function load(file: string): protobuf.Root {
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => (path.isAbsolute(target) ? target : path.join(PROTOS, target));
+  return root.loadSync(path.join(PROTOS, file));
+}
+const mount = load('mount/v1/backend.proto');
+const migration = load('migration/v1/seeder.proto');
 const MOUNT = 'com.pojtinger.felicitas.r3map.mount.v1.';
 const MIGRATION = 'com.pojtinger.felicitas.r3map.migration.v1.';
+const COMMON = 'com.pojtinger.felicitas.r3map.common.v1.';
 
 const GiB = 1024 ** 3;
 const BIG = 6 * GiB + 123; // above 2^32
@@ -59,24 +66,27 @@ interface Case {
 const payload = Buffer.from('hello, r3map');
 const mountType = (n: string): protobuf.Type => mount.lookupType(MOUNT + n);
 const migrationType = (n: string): protobuf.Type => migration.lookupType(MIGRATION + n);
+/** A shared message, as each service's file sees it through its import. */
+const commonType = (root: protobuf.Root, n: string): protobuf.Type => root.lookupType(COMMON + n);
 
 const cases: Case[] = [
-  { name: 'an empty ReadAtArgs', type: mountType('ReadAtArgs'), ours: { length: 0, off: 0 }, wire: { Length: 0, Off: 0 }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
-  { name: 'a ReadAtArgs at an offset above 2^32', type: mountType('ReadAtArgs'), ours: { length: 32 * 1024 * 1024, off: BIG }, wire: { Length: 32 * 1024 * 1024, Off: BIG }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
-  { name: 'a ReadAtArgs at the largest safe offset', type: mountType('ReadAtArgs'), ours: { length: 1, off: MAX }, wire: { Length: 1, Off: MAX }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
-  { name: 'a ReadAtReply with a payload', type: mountType('ReadAtReply'), ours: { n: payload.length, p: payload }, wire: { N: payload.length, P: payload }, encode: encodeReadAtReply, decode: decodeReadAtReply },
-  { name: 'an empty ReadAtReply', type: mountType('ReadAtReply'), ours: { n: 0, p: Buffer.alloc(0) }, wire: { N: 0, P: Buffer.alloc(0) }, encode: encodeReadAtReply, decode: decodeReadAtReply },
+  { name: 'an empty ReadAtArgs', type: commonType(mount, 'ReadAtArgs'), ours: { length: 0, off: 0 }, wire: { Length: 0, Off: 0 }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
+  { name: 'a ReadAtArgs at an offset above 2^32', type: commonType(mount, 'ReadAtArgs'), ours: { length: 32 * 1024 * 1024, off: BIG }, wire: { Length: 32 * 1024 * 1024, Off: BIG }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
+  { name: 'a ReadAtArgs at the largest safe offset', type: commonType(mount, 'ReadAtArgs'), ours: { length: 1, off: MAX }, wire: { Length: 1, Off: MAX }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
+  { name: 'a ReadAtReply with a payload', type: commonType(mount, 'ReadAtReply'), ours: { n: payload.length, p: payload }, wire: { N: payload.length, P: payload }, encode: encodeReadAtReply, decode: decodeReadAtReply },
+  { name: 'an empty ReadAtReply', type: commonType(mount, 'ReadAtReply'), ours: { n: 0, p: Buffer.alloc(0) }, wire: { N: 0, P: Buffer.alloc(0) }, encode: encodeReadAtReply, decode: decodeReadAtReply },
   { name: 'a WriteAtArgs above 2^32', type: mountType('WriteAtArgs'), ours: { off: BIG, p: payload }, wire: { Off: BIG, P: payload }, encode: encodeWriteAtArgs, decode: decodeWriteAtArgs },
   { name: 'a WriteAtArgs at offset 0 with no payload', type: mountType('WriteAtArgs'), ours: { off: 0, p: Buffer.alloc(0) }, wire: { Off: 0, P: Buffer.alloc(0) }, encode: encodeWriteAtArgs, decode: decodeWriteAtArgs },
   { name: 'a WriteAtReply', type: mountType('WriteAtReply'), ours: { length: 65536 }, wire: { Length: 65536 }, encode: encodeWriteAtReply, decode: decodeWriteAtReply },
-  { name: 'a SizeReply above 2^32', type: mountType('SizeReply'), ours: { size: BIG }, wire: { Size: BIG }, encode: encodeSizeReply, decode: decodeSizeReply },
-  { name: 'a SizeReply of 0', type: mountType('SizeReply'), ours: { size: 0 }, wire: { Size: 0 }, encode: encodeSizeReply, decode: decodeSizeReply },
-  { name: 'the Seeder SizeReply', type: migrationType('SizeReply'), ours: { size: MAX }, wire: { Size: MAX }, encode: encodeSizeReply, decode: decodeSizeReply },
-  { name: 'the Seeder ReadAtArgs', type: migrationType('ReadAtArgs'), ours: { length: 4096, off: BIG }, wire: { Length: 4096, Off: BIG }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
+  { name: 'a SizeReply above 2^32', type: commonType(mount, 'SizeReply'), ours: { size: BIG }, wire: { Size: BIG }, encode: encodeSizeReply, decode: decodeSizeReply },
+  { name: 'a SizeReply of 0', type: commonType(mount, 'SizeReply'), ours: { size: 0 }, wire: { Size: 0 }, encode: encodeSizeReply, decode: decodeSizeReply },
+  { name: 'the Seeder SizeReply', type: commonType(migration, 'SizeReply'), ours: { size: MAX }, wire: { Size: MAX }, encode: encodeSizeReply, decode: decodeSizeReply },
+  { name: 'the Seeder ReadAtArgs', type: commonType(migration, 'ReadAtArgs'), ours: { length: 4096, off: BIG }, wire: { Length: 4096, Off: BIG }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
   { name: 'a SyncReply with dirty offsets above 2^32', type: migrationType('SyncReply'), ours: { dirtyOffsets: [0, 65536, BIG, MAX] }, wire: { DirtyOffsets: [0, 65536, BIG, MAX] }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
   { name: 'a SyncReply without dirty offsets', type: migrationType('SyncReply'), ours: { dirtyOffsets: [] }, wire: { DirtyOffsets: [] }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
-  ...['SyncArgs', 'SyncReply', 'SizeArgs'].map((n) => ({ name: `the empty Backend ${n}`, type: mountType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
-  ...['TrackArgs', 'TrackReply', 'SyncArgs', 'CloseArgs', 'CloseReply', 'SizeArgs'].map((n) => ({ name: `the empty Seeder ${n}`, type: migrationType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
+  ...['SyncArgs', 'SyncReply'].map((n) => ({ name: `the empty Backend ${n}`, type: mountType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
+  { name: 'the empty shared SizeArgs', type: commonType(mount, 'SizeArgs'), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty },
+  ...['TrackArgs', 'TrackReply', 'SyncArgs', 'CloseArgs', 'CloseReply'].map((n) => ({ name: `the empty Seeder ${n}`, type: migrationType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
 ];
 
 describe('codec against protobufjs loading the .proto files', () => {
@@ -109,7 +119,7 @@ describe('codec on the data path', () => {
       reply.p.fill(0x5a);
       const bytes = encodeReadAtReply(reply);
       assert.equal(bytes, reply.frame, 'no copy');
-      const back = theirs(mountType('ReadAtReply'), bytes);
+      const back = theirs(commonType(mount, 'ReadAtReply'), bytes);
       assert.equal(back.N, length);
       assert.deepEqual(back.P, Buffer.alloc(length, 0x5a));
       assert.deepEqual(bytes, encodeReadAtReply({ n: length, p: Buffer.alloc(length, 0x5a) }));
@@ -157,7 +167,7 @@ describe('codec on the data path', () => {
   ];
   for (const c of odd) {
     it(`leaves judging to the service: ${c.name}`, () => {
-      assert.deepEqual(decodeReadAtArgs(encodeTheirs(mountType('ReadAtArgs'), c.wire)), c.expect);
+      assert.deepEqual(decodeReadAtArgs(encodeTheirs(commonType(mount, 'ReadAtArgs'), c.wire)), c.expect);
     });
   }
 
@@ -171,7 +181,7 @@ describe('codec on the data path', () => {
       varint.push(Number(v & 0x7fn) | 0x80);
     }
     const bytes = Buffer.from([0x08, 0x01, 0x10, ...varint]);
-    const type = mountType('ReadAtArgs');
+    const type = commonType(mount, 'ReadAtArgs');
     assert.equal(type.toObject(type.decode(bytes), { longs: String }).Off, '18014398509481985', 'protobufjs agrees on the bytes');
     const { off } = decodeReadAtArgs(bytes);
     assert.equal(Number.isSafeInteger(off), false);

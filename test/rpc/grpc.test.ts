@@ -12,7 +12,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { MemoryBackend } from '../../src/backends/memory.js';
 import { GrpcBackend, type GrpcBackendOptions } from '../../src/backends/grpc.js';
 import { GrpcServer, type GrpcServerOptions } from '../../src/rpc/grpc-server.js';
-import { GrpcClient } from '../../src/rpc/grpc-client.js';
+import { GrpcClient } from '../support/grpc-js-client.js';
 import { backendDefinition, seederDefinition } from '../../src/rpc/definitions.js';
 import { BearerToken } from '../../src/rpc/bearer-token.js';
 import { EMPTY, type ReadAtReply } from '../../src/rpc/codec.js';

@@ -5,9 +5,8 @@
  * connections open, `kill()` ends it for good, and `cleanup()` ends it and removes the dir.
  * A server still running when the test process exits is killed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { startDaemon, type Daemon } from './daemon.js';
 import { findTool, freePort, makeTempDir, removeDir, runOk, strictTools } from './tools.js';
 
 export interface RedisServerOptions {
@@ -41,11 +40,6 @@ export interface RedisServerHandle {
   cleanup(): Promise<void>;
 }
 
-const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of live) child.kill('SIGKILL');
-});
-
 /** True when redis-server is installed; throws under R3MAP_STRICT=1/CI when it is not. */
 export function haveRedisServer(): boolean {
   if (findTool('redis-server') !== undefined) return true;
@@ -63,44 +57,18 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     ...(options.password === undefined ? [] : ['--requirepass', options.password]),
     ...(options.args ?? []),
   ];
-  let child: ChildProcess | undefined;
-  let exited: Promise<void> = Promise.resolve();
+  let daemon: Daemon<true> | undefined;
 
   const start = async (): Promise<void> => {
-    const proc = spawn(findTool('redis-server') ?? 'redis-server', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    live.add(proc);
-    child = proc;
-    exited = new Promise((resolve) => proc.once('exit', () => {
-      live.delete(proc);
-      resolve();
-    }));
-    let output = '';
-    const ready = new Promise<void>((resolve, reject) => {
-      const lines = createInterface({ input: proc.stdout! });
-      lines.on('line', (line) => {
-        output = (output + line + '\n').slice(-8000);
-        if (line.includes('Ready to accept connections')) resolve();
-      });
-      proc.stderr!.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-8000)));
-      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${code} before it was ready\n${output}`)));
-      proc.once('error', reject);
+    daemon = await startDaemon('redis-server', findTool('redis-server') ?? 'redis-server', args, {
+      cwd: dir,
+      timeoutMs: options.timeoutMs ?? 10_000,
+      ready: (line) => (line.includes('Ready to accept connections') ? true : undefined),
     });
-    const timer = setTimeout(() => proc.kill('SIGKILL'), options.timeoutMs ?? 10_000);
-    try {
-      await ready;
-    } finally {
-      clearTimeout(timer);
-    }
   };
 
   const end = async (signal: NodeJS.Signals): Promise<void> => {
-    const proc = child;
-    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill('SIGCONT'); // a paused server cannot handle SIGTERM
-    proc.kill(signal);
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
+    await daemon?.end(signal);
   };
 
   await start();
@@ -110,12 +78,12 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     port,
     url: `redis://${auth}127.0.0.1:${port}`,
     dir,
-    running: () => child !== undefined && child.exitCode === null && child.signalCode === null,
+    running: () => daemon?.running() ?? false,
     stop: () => end('SIGTERM'),
     start,
     kill: () => end('SIGKILL'),
-    pause: () => void child?.kill('SIGSTOP'),
-    resume: () => void child?.kill('SIGCONT'),
+    pause: () => daemon?.pause(),
+    resume: () => daemon?.resume(),
     cleanup: async () => {
       await end('SIGKILL');
       await removeDir(dir);

@@ -5,10 +5,9 @@
  * `s3rverEnv()` to point the AWS SDK's default credential chain at them. A server still
  * running when the test process exits is killed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
+import { startDaemon } from './daemon.js';
 import { makeTempDir, removeDir } from './tools.js';
 
 export interface S3rverOptions {
@@ -32,11 +31,6 @@ export interface S3rverHandle {
   /** Ends the server (if running) and removes its dir. */
   cleanup(): Promise<void>;
 }
-
-const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of live) child.kill('SIGKILL');
-});
 
 /** s3rver's fixed credentials and a region, for the SDK's default chain (env variables). */
 export function s3rverEnv(): void {
@@ -63,47 +57,26 @@ export async function startS3rver(options: S3rverOptions = {}): Promise<S3rverHa
   const dir = await makeTempDir('r3map-s3rver-');
   const buckets = options.buckets ?? ['r3map-test'];
   const args = [bin, '-d', dir, '-a', '127.0.0.1', '-p', '0', '--silent', ...buckets.flatMap((b) => ['--configure-bucket', b])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  live.add(child);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => {
-    live.delete(child);
-    resolve();
-  }));
-  let output = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`s3rver did not start within ${options.timeoutMs ?? 15_000} ms\n${output}`));
-    }, options.timeoutMs ?? 15_000);
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      output = (output + line + '\n').slice(-8000);
+  const daemon = await startDaemon('s3rver', process.execPath, args, {
+    timeoutMs: options.timeoutMs ?? 15_000,
+    ready: (line) => {
       const m = /listening on 127\.0\.0\.1:(\d+)/.exec(line);
-      if (m !== null) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-8000)));
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`s3rver exited with ${code} before it was ready\n${output}`));
-    });
+      return m === null ? undefined : Number(m[1]);
+    },
   }).catch(async (err: unknown) => {
     await removeDir(dir);
     throw err;
   });
-  const kill = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); // SIGKILL works on a stopped process too
-    await exited;
-  };
+  const port = daemon.value;
+  const kill = (): Promise<void> => daemon.end('SIGKILL'); // SIGKILL works on a stopped process too
   return {
     endpoint: `http://127.0.0.1:${port}`,
     port,
     dir,
-    running: () => child.exitCode === null && child.signalCode === null,
+    running: daemon.running,
     kill,
-    pause: () => void child.kill('SIGSTOP'),
-    resume: () => void child.kill('SIGCONT'),
+    pause: daemon.pause,
+    resume: daemon.resume,
     cleanup: async () => {
       await kill();
       await removeDir(dir);

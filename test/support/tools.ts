@@ -7,7 +7,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants as fsConstants, existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -15,14 +14,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { after, before, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import type { NbdAddress } from '../../src/nbd/client.js';
+import { TOOL_PATH, freePort, stopper, trackChild } from '../../src/bench/processes.js';
+import type { NbdAddress } from '../../src/nbd-client/client.js';
 
 /** The project root (this file runs from dist/test/support/). */
 export const PROJECT_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const SERVE_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-serve.js');
 
 /** PATH with the sbin directories (nbd-server lives there) and Debian's python first (nbdsh). */
-export const TOOL_PATH = ['/usr/bin', ...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'].filter((d) => d !== '').join(':');
+export { TOOL_PATH };
 
 export function strictTools(): boolean {
   return process.env.R3MAP_STRICT === '1' || process.env.CI === 'true';
@@ -61,16 +61,8 @@ export async function removeDir(dir: string | undefined): Promise<void> {
   if (dir !== undefined) await rm(dir, { recursive: true, force: true });
 }
 
-const running = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL');
-});
-
-function track(child: ChildProcess): ChildProcess {
-  running.add(child);
-  child.once('exit', () => running.delete(child));
-  return child;
-}
+/** Every child is tracked by the product's tracker: killed if the test process exits first. */
+const track = trackChild;
 
 export interface RunResult {
   readonly code: number | null;
@@ -200,15 +192,7 @@ export async function startServe(args: readonly string[], options: ServeOptions)
   } finally {
     clearTimeout(timer);
   }
-  const stop = async (): Promise<number | null> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    const kill = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    try {
-      return await exited;
-    } finally {
-      clearTimeout(kill);
-    }
-  };
+  const stop = stopper(child);
   const targets = uris.map((uri, i) => ({ kind: kinds[i]!, uri, ...parseNbdUri(uri) }));
   return { targets, child, stderr: () => stderr, stop };
 }
@@ -254,14 +238,7 @@ export async function startNbdkit(pluginArgs: readonly string[], dir: string, ti
   };
 }
 
-/** A port that was free a moment ago on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+export { freePort };
 
 export interface NbdServerExport {
   readonly name: string;

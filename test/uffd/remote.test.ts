@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { mapReader, type UffdMapOptions } from '../../src/mount/uffd-map.js';
+import { mapReader, type UffdMapOptions } from '../../src/uffd/map.js';
 import { startR3mapServe, type Server } from '../../src/bench/processes.js';
 import { pageOrder, patternBuffer } from '../../src/bench/uffd-source.js';
 import { makeTempDir, removeDir } from '../support/tools.js';

@@ -1,9 +1,9 @@
 /**
- * Run as a child process by uffd-map.test.ts: maps a reader whose every read fails, with a
+ * Run as a child process by map.test.ts: maps a reader whose every read fails, with a
  * short deadline, and touches the first byte. The handler must kill this process (SIGKILL,
  * one line on stderr); "touched" on stderr would mean the faulting read returned.
  */
-import { mapReader } from '../../src/mount/uffd-map.js';
+import { mapReader } from '../../src/uffd/map.js';
 import { READERS_MODULE } from './support-readers.js';
 
 const size = 1024 * 1024;

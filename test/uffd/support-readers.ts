@@ -3,7 +3,7 @@
  * module reader (`{ module: READERS_MODULE, exportName, args }`): a region's reader can never
  * live in the thread that faults on it. Every pattern is src/bench/uffd-source.ts's.
  */
-import { openBackend } from '../../src/backends/open.js';
+import { openComposed } from '../../src/mount/compose.js';
 import { MemoryBackend } from '../../src/backends/memory.js';
 import { LatencyBackend } from '../../src/pipeline/latency.js';
 import type { Backend, ReaderAt } from '../../src/pipeline/types.js';
@@ -21,7 +21,7 @@ export async function openPatternMemory(size: number, seed: number, readLatencyM
 
 /** A backend URI opened read-only, behind `readLatencyMs` of delay (a simulated round trip). */
 export async function openUriWithLatency(uri: string, size: number, readLatencyMs: number): Promise<Backend> {
-  const backend = await openBackend(uri, { size, readOnly: true });
+  const backend = await openComposed(uri, { size, readOnly: true });
   return new LatencyBackend(backend, { readLatencyMs });
 }
 

@@ -10,6 +10,8 @@ import { Uffd } from '../../src/kernel/uffd.js';
 import { fillPattern } from '../../src/bench/uffd-source.js';
 import { strictTools } from '../support/tools.js';
 import { TOUCHER_URL, type ToucherData, type ToucherResult } from './support-toucher.js';
+import { mapReader, type UffdMap, type UffdReaderSource } from '../../src/uffd/map.js';
+import { READERS_MODULE } from './support-readers.js';
 
 export const PAGE = pageSize();
 export const MiB = 1024 * 1024;
@@ -94,4 +96,19 @@ export function within<T>(promise: Promise<T>, timeoutMs: number, what: string):
       },
     );
   });
+}
+
+/** The pattern-filled memory reader of support-readers.ts, built inside the handler thread. */
+export function memory(size: number, seed: number, readLatencyMs = 0): UffdReaderSource {
+  return { module: READERS_MODULE, exportName: 'openPatternMemory', args: [size, seed, readLatencyMs] };
+}
+
+/** Maps, runs `fn`, and always closes. */
+export async function withRegion(source: UffdReaderSource, size: number, options: Parameters<typeof mapReader>[2], fn: (region: UffdMap) => Promise<void> | void): Promise<void> {
+  const region = await mapReader(source, size, options);
+  try {
+    await fn(region);
+  } finally {
+    await region.close();
+  }
 }

@@ -10,7 +10,7 @@
 import net, { type Socket } from 'node:net';
 import { once } from 'node:events';
 import { ClosedError, NbdProtocolError, TimeoutError } from '../errors.js';
-import { upgradeClientSocket, type NbdClientTlsOptions } from './tls.js';
+import { upgradeClientSocket, type NbdClientTlsOptions } from '../nbd/tls.js';
 import {
   decodeGreeting,
   decodeOptionReplyHeader,
@@ -20,7 +20,7 @@ import {
   encodeOption,
   readU64,
   type NbdOptionReplyHeader,
-} from './codec.js';
+} from '../nbd/codec.js';
 import {
   NBD_EXPORT_NAME_ZEROES,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -48,7 +48,7 @@ import {
   NbdRep,
   isNbdRepError,
   nameOf,
-} from './constants.js';
+} from '../nbd/constants.js';
 
 /** Largest option reply we accept: a name and a description of NBD_MAX_STRING each, plus framing. */
 const MAX_OPTION_REPLY = 2 * NBD_MAX_STRING + 64;

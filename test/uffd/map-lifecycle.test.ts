@@ -3,26 +3,13 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { BackendError, UsageError } from '../../src/errors.js';
-import { mapReader, type UffdMap, type UffdReaderSource } from '../../src/mount/uffd-map.js';
+import { mapReader } from '../../src/uffd/map.js';
+import { READERS_MODULE } from './support-readers.js';
 import { patternBuffer } from '../../src/bench/uffd-source.js';
 import { MADV_DONTNEED, madvise } from '../../src/kernel/ffi.js';
-import { READERS_MODULE } from './support-readers.js';
-import { MiB, PAGE, requireUserfaultfd, touchInThread, waitFor, within } from './support.js';
+import { memory, MiB, PAGE, requireUserfaultfd, touchInThread, waitFor, within, withRegion } from './support.js';
 
 const FATAL_CHILD = fileURLToPath(new URL('./support-fatal-child.js', import.meta.url));
-
-function memory(size: number, seed: number, readLatencyMs = 0): UffdReaderSource {
-  return { module: READERS_MODULE, exportName: 'openPatternMemory', args: [size, seed, readLatencyMs] };
-}
-
-async function withRegion(source: UffdReaderSource, size: number, options: Parameters<typeof mapReader>[2], fn: (region: UffdMap) => Promise<void> | void): Promise<void> {
-  const region = await mapReader(source, size, options);
-  try {
-    await fn(region);
-  } finally {
-    await region.close();
-  }
-}
 
 describe('mapReader prefetch, failures and teardown', () => {
   it('prefetches every chunk without a single touch', async (t) => {

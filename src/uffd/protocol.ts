@@ -1,6 +1,6 @@
 /**
- * What the main thread (mount/uffd-map.ts) and the fault handler thread
- * (kernel/uffd-handler-worker.ts) exchange: the worker's start data, the messages both ways,
+ * What the main thread (uffd/map.ts) and the fault handler thread
+ * (uffd/handler-worker.ts) exchange: the worker's start data, the messages both ways,
  * the slots of the shared stats array and the error form that crosses the thread boundary.
  * Kept apart from the worker so that importing it never starts a handler.
  */

@@ -7,7 +7,7 @@
  *
  * Where the reader lives: a thread blocked on a page fault runs no JS, so a reader living in the
  * thread that touches the memory could never serve it (the main thread would wait on itself).
- * The handler runs in a worker thread (kernel/uffd-handler-worker.ts) and opens its own reader
+ * The handler runs in a worker thread (uffd/handler-worker.ts) and opens its own reader
  * there, from a description that crosses threads:
  *   - a backend URI (`file:///img`, `grpc://host:1337`, `nbd://…`, `redis://…`, `s3://…`,
  *     `dir://…`): the worker calls backends/open.js `openBackend(uri, { size, readOnly: true })`
@@ -38,7 +38,7 @@ import { BackendError, R3mapError, UsageError, type R3mapErrorCode } from '../er
 import { silentLogger, type Logger } from '../log.js';
 import { close, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, mmap, mprotect, munmap, O_CLOEXEC, O_NONBLOCK, pageSize, pipe2, PROT_NONE, PROT_READ, PROT_WRITE, viewOf, write, type Pointer } from '../kernel/ffi.js';
 import { addressOf, Uffd } from '../kernel/uffd.js';
-import { UFFD_STAT, UFFD_STAT_COUNT, type SerializedError, type UffdHandlerData, type UffdHandlerReply, type UffdHandlerRequest, type UffdReaderSpec } from '../kernel/uffd-protocol.js';
+import { UFFD_STAT, UFFD_STAT_COUNT, type SerializedError, type UffdHandlerData, type UffdHandlerReply, type UffdHandlerRequest, type UffdReaderSpec } from './protocol.js';
 import { pullOrder, pullPriorityByName, type PullPriority, type PullPriorityName } from '../pipeline/pull-priority.js';
 
 /** What the handler thread reads from: a backend URI, or a module export that builds a ReaderAt. */
@@ -103,7 +103,7 @@ const POLL_TIMEOUT_MS = 250;
 /** Longest the idle handler's event loop waits between turns (its plain poll). */
 const SYNC_POLL_MS = 50;
 const STOP_TIMEOUT_MS = 5000;
-const OPEN_BACKEND_MODULE = new URL('../backends/open.js', import.meta.url).href;
+const OPEN_BACKEND_MODULE = new URL('../mount/compose.js', import.meta.url).href;
 
 function count(value: number | undefined, fallback: number, name: string): number {
   const n = value ?? fallback;
@@ -132,7 +132,7 @@ export function resolveUffdMapOptions(options: UffdMapOptions, page: number): Re
 
 function readerSpec(source: UffdReaderSource, size: number): UffdReaderSpec {
   const uri = typeof source === 'string' ? source : 'uri' in source ? source.uri : undefined;
-  if (uri !== undefined) return { module: OPEN_BACKEND_MODULE, exportName: 'openBackend', args: [uri, { size, readOnly: true }] };
+  if (uri !== undefined) return { module: OPEN_BACKEND_MODULE, exportName: 'openComposed', args: [uri, { size, readOnly: true }] };
   const m = source as Exclude<UffdReaderSource, string | { uri: string }>;
   let module: string;
   if (m.module instanceof URL) module = m.module.href;
@@ -226,7 +226,7 @@ export class UffdMap {
         retryBaseDelayMs: o.retryBaseDelayMs, retryMaxDelayMs: o.retryMaxDelayMs, deadlineMs: o.deadlineMs,
         pollTimeoutMs: POLL_TIMEOUT_MS, syncPollMs: SYNC_POLL_MS, stats, logLevel: log.level as LevelWithSilent, label,
       };
-      const worker = new Worker(new URL('../kernel/uffd-handler-worker.js', import.meta.url), { workerData: data });
+      const worker = new Worker(new URL('./handler-worker.js', import.meta.url), { workerData: data });
       undo.push(() => void worker.terminate());
       await handlerReady(worker);
       log.info({ region: label, chunkSize: o.chunkSize, prefetchWorkers: o.prefetchWorkers }, 'userfaultfd region mapped');

@@ -4,8 +4,8 @@
  * costs no allocation once the pool has grown to the number of fetches in flight. One thread
  * owns a pool; release() unmaps everything and must only run once no slot is in use.
  */
-import { MAP_ANONYMOUS, MAP_PRIVATE, mmap, munmap, PROT_READ, PROT_WRITE, viewOf, type Pointer } from './ffi.js';
-import { addressOf } from './uffd.js';
+import { MAP_ANONYMOUS, MAP_PRIVATE, mmap, munmap, PROT_READ, PROT_WRITE, viewOf, type Pointer } from '../kernel/ffi.js';
+import { addressOf } from '../kernel/uffd.js';
 
 const SLAB_BYTES = 1024 * 1024;
 

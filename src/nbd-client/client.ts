@@ -1,5 +1,5 @@
 /**
- * A userspace NBD client: fixed newstyle handshake (client-handshake.ts), then pipelined
+ * A userspace NBD client: fixed newstyle handshake (handshake.ts), then pipelined
  * transmission with simple replies. Any number of requests may be in flight; each carries a handle
  * (hi = sequence number, lo = slot index) and replies may come back in any order. One incremental
  * parser reads reply headers and copies READ payloads straight into the caller's buffer; a WRITE's
@@ -40,13 +40,13 @@ import {
   NbdTransmissionFlag,
   flagNames,
   nameOf,
-} from './constants.js';
-import type { NbdClientTlsOptions } from './tls.js';
-import { listExports, negotiate, openSocket, type NbdAddress, type NbdBlockSize, type NbdExportInfo, type NbdExportListing } from './client-handshake.js';
+} from '../nbd/constants.js';
+import type { NbdClientTlsOptions } from '../nbd/tls.js';
+import { listExports, negotiate, openSocket, type NbdAddress, type NbdBlockSize, type NbdExportInfo, type NbdExportListing } from './handshake.js';
 
-export { describeAddress } from './client-handshake.js';
-export type { NbdAddress, NbdBlockSize, NbdExportInfo, NbdExportListing } from './client-handshake.js';
-export type { NbdClientTlsOptions } from './tls.js';
+export { describeAddress } from './handshake.js';
+export type { NbdAddress, NbdBlockSize, NbdExportInfo, NbdExportListing } from './handshake.js';
+export type { NbdClientTlsOptions } from '../nbd/tls.js';
 
 export interface NbdClientOptions {
   /** Export to open; '' (the default) is the server's default export. */

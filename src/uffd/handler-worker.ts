@@ -1,6 +1,6 @@
 /**
  * The body of the worker thread that serves one userfaultfd region (started by
- * mount/uffd-map.ts; never import it elsewhere). The thread that touches the region blocks while
+ * uffd/map.ts; never import it elsewhere). The thread that touches the region blocks while
  * a page is missing and runs no JS meanwhile, so it can never serve itself: this thread does,
  * with a UffdFaultHandler (uffd-fault-handler.ts).
  *
@@ -21,8 +21,8 @@
 import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createLogger } from '../log.js';
-import { UffdFaultHandler, type UffdReader } from './uffd-fault-handler.js';
-import { serializeError, type UffdHandlerData, type UffdHandlerReply, type UffdHandlerRequest, type UffdReaderSpec } from './uffd-protocol.js';
+import { UffdFaultHandler, type UffdReader } from './fault-handler.js';
+import { serializeError, type UffdHandlerData, type UffdHandlerReply, type UffdHandlerRequest, type UffdReaderSpec } from './protocol.js';
 
 if (parentPort === null) throw new Error('uffd-handler-worker.js runs only as a worker thread');
 const port = parentPort;

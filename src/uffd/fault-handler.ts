@@ -19,13 +19,13 @@
 import type { Logger } from '../log.js';
 import type { ReaderAt } from '../pipeline/types.js';
 import { KernelError } from '../errors.js';
-import { Errno } from './errno.js';
-import { bufferAddress, POLLERR, POLLHUP, POLLIN, POLLNVAL, pollAsync, pollBuffer, pollFds, reventsOf } from './ffi.js';
-import { addressOf, Uffd } from './uffd.js';
-import { UFFD_EVENT_PAGEFAULT, UFFD_MSG_BYTES } from './uffd-constants.js';
-import { serializeError, UFFD_STAT, type UffdHandlerData, type UffdHandlerReply } from './uffd-protocol.js';
-import { UffdPrefetchOrder } from './uffd-prefetch-order.js';
-import { UffdStagingPool } from './uffd-staging.js';
+import { Errno } from '../kernel/errno.js';
+import { bufferAddress, POLLERR, POLLHUP, POLLIN, POLLNVAL, pollAsync, pollBuffer, pollFds, reventsOf } from '../kernel/ffi.js';
+import { addressOf, Uffd } from '../kernel/uffd.js';
+import { UFFD_EVENT_PAGEFAULT, UFFD_MSG_BYTES } from '../kernel/uffd-constants.js';
+import { serializeError, UFFD_STAT, type UffdHandlerData, type UffdHandlerReply } from './protocol.js';
+import { UffdPrefetchOrder } from './prefetch-order.js';
+import { UffdStagingPool } from './staging.js';
 
 /** A ReaderAt, optionally with a zero-copy view of bytes it holds in memory. */
 export interface UffdReader extends ReaderAt {

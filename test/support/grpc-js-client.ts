@@ -1,4 +1,8 @@
 /**
+ * A grpc-js client of the r3map gRPC protocol, for the tests and test/bench only (the product's
+ * own client is src/rpc/grpc-http2-client.ts): it proves the server speaks to the reference gRPC
+ * implementation, and serves as the peer the benchmarks compare against.
+ *
  * GrpcClient: a pool of grpc-js channels to one r3map server, tuned for bulk transfer.
  *
  * - `channels` channels, each its own HTTP/2 connection (a local subchannel pool; grpc-js would
@@ -7,27 +11,18 @@
  * - A large HTTP/2 flow-control window (`grpc-node.flow_control_window`, default 32 MiB): with
  *   Node's 64 KiB default a 1 MiB reply waits for ~16 WINDOW_UPDATE round trips.
  * - Message size limits above the per-call cap on both sides; keepalive pings only while calls
- *   run; grpc-js's own retries off (callers retry with backends/retry.ts).
+ *   run; grpc-js's own retries off (callers retry with util/retry.ts).
  * - Every call has a deadline; the token (if any) goes with every call as
  *   `authorization: Bearer …`. `tls` undefined means plaintext.
  * Failed calls reject with grpc-js's ServiceError; callers map it with status.ts `fromStatus`.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { MethodDefinition } from '@grpc/grpc-js';
-import { UsageError } from '../errors.js';
-import { formatGrpcUri, grpcTarget } from './grpc-address.js';
-import { MESSAGE_OVERHEAD } from './grpc-server.js';
-import type { BearerToken } from './bearer-token.js';
-
-export type GrpcTarget = { readonly host: string; readonly port: number } | { readonly path: string };
-
-export interface GrpcClientTls {
-  /** PEM CA bundle that signed the server's certificate; default the system's roots. */
-  readonly ca?: Buffer;
-  /** PEM client certificate and key, for mutual TLS (both or neither). */
-  readonly cert?: Buffer;
-  readonly key?: Buffer;
-}
+import { UsageError } from '../../src/errors.js';
+import { formatGrpcUri, grpcTarget } from '../../src/rpc/grpc-address.js';
+import { MESSAGE_OVERHEAD } from '../../src/rpc/grpc-server.js';
+import type { BearerToken } from '../../src/rpc/bearer-token.js';
+import type { GrpcClientTls, GrpcTarget } from '../../src/rpc/grpc-target.js';
 
 export interface GrpcClientOptions {
   readonly target: GrpcTarget;

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import path from 'node:path';
 import { ClosedError, NbdProtocolError, NbdRequestError } from '../../src/errors.js';
-import { NbdClient } from '../../src/nbd/client.js';
+import { NbdClient } from '../../src/nbd-client/client.js';
 import {
   NBD_EINVAL,
   NBD_ENOTSUP,

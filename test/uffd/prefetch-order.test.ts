@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { UffdPrefetchOrder } from '../../src/kernel/uffd-prefetch-order.js';
+import { UffdPrefetchOrder } from '../../src/uffd/prefetch-order.js';
 
 const MISSING = 0;
 const RESIDENT = 3;

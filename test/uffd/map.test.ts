@@ -4,28 +4,12 @@ import { writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { mapReader, type UffdMap, type UffdReaderSource } from '../../src/mount/uffd-map.js';
 import { pageOrder, patternBuffer } from '../../src/bench/uffd-source.js';
 import { makeTempDir, removeDir } from '../support/tools.js';
-import { READERS_MODULE } from './support-readers.js';
-import { badPages, MiB, PAGE, requireUserfaultfd, touchInThread } from './support.js';
+import { badPages, memory, MiB, PAGE, requireUserfaultfd, touchInThread, withRegion } from './support.js';
 
 const SIZE = 64 * MiB;
 const PAGES = SIZE / PAGE;
-
-function memory(size: number, seed: number, readLatencyMs = 0): UffdReaderSource {
-  return { module: READERS_MODULE, exportName: 'openPatternMemory', args: [size, seed, readLatencyMs] };
-}
-
-/** Maps, runs `fn`, and always closes. */
-async function withRegion(source: UffdReaderSource, size: number, options: Parameters<typeof mapReader>[2], fn: (region: UffdMap) => Promise<void> | void): Promise<void> {
-  const region = await mapReader(source, size, options);
-  try {
-    await fn(region);
-  } finally {
-    await region.close();
-  }
-}
 
 describe('mapReader', () => {
   let dir: string;

@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { backoffDelayMs, isTransientNetworkError, withRetry } from '../../src/backends/retry.js';
+import { backoffDelayMs, isTransientNetworkError, withRetry } from '../../src/util/retry.js';
 
 const withCode = (code: string): Error => Object.assign(new Error(code), { code });
 

@@ -1,5 +1,6 @@
+/** commander argument parsers shared by every command and r3map-bench (one clear message for a bad flag value). */
 import { InvalidArgumentError } from 'commander';
-import { parseDurationMs, parseSize } from '../util/size.js';
+import { parseDurationMs, parseSize } from './size.js';
 import { R3mapError } from '../errors.js';
 
 /** commander argParser for byte sizes: `--size 1GiB`. */

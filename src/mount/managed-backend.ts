@@ -1,0 +1,46 @@
+/**
+ * ManagedBackend: a managed mount's composed stack as the Backend the NBD server serves. Reads and
+ * writes go to the top stage (ArbitraryReadWriterAt); a WRITE payload that arrived in several
+ * socket chunks goes down as pieces (`writev`), so managed mounts keep the zero-copy write path of
+ * direct mounts. A FLUSH (sync) runs the mount's flush (see managed.ts); close() is left to the
+ * mount, which owns every stage and closes them in order.
+ */
+import type { Backend, ReadWriterAt, ScatterWriter } from '../pipeline/types.js';
+
+export class ManagedBackend implements Backend {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly maxInFlight = 0;
+  readonly canMultiConn = false;
+  readonly #next: ReadWriterAt & Required<ScatterWriter>;
+  readonly #flush: () => Promise<void>;
+
+  constructor(next: ReadWriterAt & Required<ScatterWriter>, size: number, readOnly: boolean, flush: () => Promise<void>) {
+    this.#next = next;
+    this.size = size;
+    this.readOnly = readOnly;
+    this.#flush = flush;
+  }
+
+  readAt(buf: Buffer, off: number): Promise<void> {
+    return this.#next.readAt(buf, off);
+  }
+
+  writeAt(buf: Buffer, off: number): Promise<void> {
+    return this.#next.writeAt(buf, off);
+  }
+
+  writev(bufs: readonly Buffer[], off: number): Promise<void> {
+    return this.#next.writev(bufs, off);
+  }
+
+  /** FLUSH: what "durable" means for this mount (see managed.ts). */
+  sync(): Promise<void> {
+    return this.#flush();
+  }
+
+  /** The mount closes every stage itself, in order. */
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
