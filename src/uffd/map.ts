@@ -40,6 +40,7 @@ import { close, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, mmap, mprotect, munma
 import { addressOf, Uffd } from '../kernel/uffd.js';
 import { UFFD_STAT, UFFD_STAT_COUNT, type SerializedError, type UffdHandlerData, type UffdHandlerReply, type UffdHandlerRequest, type UffdReaderSpec } from './protocol.js';
 import { pullOrder, pullPriorityByName, type PullPriority, type PullPriorityName } from '../pipeline/pull-priority.js';
+import { checkChunkSize, DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 
 /** What the handler thread reads from: a backend URI, or a module export that builds a ReaderAt. */
 export type UffdReaderSource =
@@ -97,7 +98,8 @@ export interface UffdStats {
   readonly faultLatencyMaxMs: number;
 }
 
-export const DEFAULT_UFFD_CHUNK_SIZE = 64 * 1024;
+/** The default chunk of a map: the one default chunk size (util/chunks.ts). */
+export const DEFAULT_UFFD_CHUNK_SIZE = DEFAULT_CHUNK_SIZE;
 /** Longest async poll (it holds a threadpool thread) while the handler has work in flight. */
 const POLL_TIMEOUT_MS = 250;
 /** Longest the idle handler's event loop waits between turns (its plain poll). */
@@ -113,7 +115,8 @@ function count(value: number | undefined, fallback: number, name: string): numbe
 
 export function resolveUffdMapOptions(options: UffdMapOptions, page: number): ResolvedUffdMapOptions {
   const chunkSize = options.chunkSize ?? DEFAULT_UFFD_CHUNK_SIZE;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < page || chunkSize % page !== 0 || chunkSize > 2 ** 30) {
+  checkChunkSize(chunkSize, 'chunkSize');
+  if (chunkSize % page !== 0) {
     throw new UsageError(`chunkSize must be a multiple of the page size (${page}) up to 1 GiB, got ${chunkSize}`);
   }
   const prefetchWorkers = count(options.prefetchWorkers, 0, 'prefetchWorkers');
