@@ -16,11 +16,13 @@
  *                into the cache
  *   pull         PullState queued/pulling/     Puller               Puller
  *                stale/pulled
+ *   tracked      1 = written since the         TrackingReadWriterAt TrackingReadWriterAt (its
+ *                seeder's track() (migration)                      sync() returns and clears them)
  *
  * Counts (`localCount`, `dirtyCount`) are kept by the setters, so they never drift from the
  * columns; `changes` moves on every change worth persisting (CacheState saves when it moved).
- * Migration adds columns (tracked since Track, dirty since the last round) to this table rather
- * than keeping chunk state anywhere else.
+ * Migration adds its columns (tracked since Track, and whatever later rounds need) to this table
+ * rather than keeping chunk state anywhere else.
  */
 import { MisalignedError, OutOfRangeError, UsageError } from '../errors.js';
 import { chunkCount, chunkLength } from '../util/chunks.js';
@@ -59,6 +61,7 @@ export class ChunkTable {
   readonly unsynced: Uint8Array;
   readonly writing: Uint8Array;
   readonly pull: Uint8Array;
+  readonly tracked: Uint8Array;
   #localCount = 0;
   #dirtyCount = 0;
   #changes = 0;
@@ -74,6 +77,7 @@ export class ChunkTable {
     this.unsynced = new Uint8Array(this.chunks);
     this.writing = new Uint8Array(this.chunks);
     this.pull = new Uint8Array(this.chunks);
+    this.tracked = new Uint8Array(this.chunks);
   }
 
   /** Chunks whose state is LOCAL. */

@@ -11,7 +11,7 @@ describe('ChunkTable', () => {
   it('has one column per fact, all zero (remote, clean, queued) at first', () => {
     const t = new ChunkTable({ chunkSize, size });
     assert.equal(t.chunks, 6);
-    for (const column of [t.state, t.dirty, t.generation, t.unsynced, t.writing, t.pull]) {
+    for (const column of [t.state, t.dirty, t.generation, t.unsynced, t.writing, t.pull, t.tracked]) {
       assert.equal(column.length, 6);
       assert.ok(column.every((v) => v === 0));
     }

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setImmediate as nextTurn } from 'node:timers/promises';
+import { ChunkTable } from '../../src/pipeline/chunk-table.js';
 import { TrackingReadWriterAt } from '../../src/pipeline/tracking.js';
 import { MemoryStore } from '../support/memory-store.js';
 
@@ -88,5 +89,23 @@ describe('TrackingReadWriterAt', () => {
     for (const bad of [0, -1, 2.5]) {
       assert.throws(() => new TrackingReadWriterAt(new MemoryStore(8), { chunkSize: bad }), { code: 'ERR_USAGE' });
     }
+  });
+
+  it('keeps its bits in the tracked column of the table it is given, and sync() clears them', async () => {
+    const store = new MemoryStore(8 * chunkSize);
+    const table = new ChunkTable({ chunkSize, size: 8 * chunkSize });
+    const tracking = new TrackingReadWriterAt(store, { chunkSize, table });
+    tracking.track();
+    await tracking.writeAt(Buffer.alloc(6), 3);
+    assert.deepEqual([...table.tracked], [1, 1, 1, 0, 0, 0, 0, 0]);
+    assert.deepEqual(tracking.sync(), [0, 4, 8]);
+    assert.deepEqual([...table.tracked], [0, 0, 0, 0, 0, 0, 0, 0]);
+    assert.throws(() => new TrackingReadWriterAt(store, { chunkSize: 8, table }), /tracking: the chunk table/);
+  });
+
+  it('needs the size of its target', () => {
+    const sizeless = { readAt: async () => undefined, writeAt: async () => undefined };
+    assert.throws(() => new TrackingReadWriterAt(sizeless, { chunkSize }), /needs the size/);
+    assert.equal(new TrackingReadWriterAt(sizeless, { chunkSize, size: 10 }).table.chunks, 3);
   });
 });
