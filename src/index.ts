@@ -42,3 +42,8 @@ export { DirectSliceMount } from './mount/direct-slice.js';
 export { ManagedPathMount } from './mount/managed-path.js';
 export { ManagedFileMount } from './mount/managed-file.js';
 export { mapReader, UffdMap } from './uffd/map.js';
+
+// Migration (the library roles; the r3map-seed and r3map-leech commands are still to come)
+export { Seeder, type SeederOptions } from './migration/seeder.js';
+export { SeederRemote } from './migration/seeder-remote.js';
+export { Leecher, type LeecherOptions, type FinalizeResult } from './migration/leecher.js';

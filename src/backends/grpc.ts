@@ -17,12 +17,12 @@ import { silentLogger, type Logger } from '../log.js';
 import { withRetry, type RetryOptions } from '../util/retry.js';
 import type { GrpcClientTls, GrpcTarget } from '../rpc/grpc-target.js';
 import { GrpcHttp2Client } from '../rpc/grpc-http2-client.js';
-import { backendDefinition } from '../rpc/definitions.js';
+import { backendDefinition, seederDefinition } from '../rpc/definitions.js';
 import { EMPTY } from '../rpc/codec.js';
 import { fromStatus, isTransientStatus, statusName, type RpcError } from '../rpc/status.js';
 import { BearerToken } from '../rpc/bearer-token.js';
 import { readPemFile } from '../rpc/pem-file.js';
-import { status as Status } from '@grpc/grpc-js';
+import { status as Status, type MethodDefinition } from '@grpc/grpc-js';
 
 export interface GrpcBackendTls {
   /** PEM file of the CA that signed the server's certificate; default the system's roots. */
@@ -55,6 +55,12 @@ export interface GrpcBackendOptions {
   readonly connectTimeoutMs?: number;
   /** Retries of a call that failed with UNAVAILABLE; default 5, 0 = none. */
   readonly retries?: number;
+  /**
+   * Which r3map service to read: 'backend' (default), or 'seeder' — a migration source, whose
+   * ReadAt and Size carry the same messages; read-only (it has no WriteAt), sync() is a no-op,
+   * and the rest of its methods go through call().
+   */
+  readonly service?: 'backend' | 'seeder';
   readonly log?: Logger;
 }
 
@@ -64,6 +70,7 @@ export const DEFAULT_GRPC_MAX_REQUEST_BYTES = 1024 * 1024;
 export const DEFAULT_GRPC_CHUNK_SIZE = DEFAULT_GRPC_MAX_REQUEST_BYTES;
 
 interface Resolved {
+  readonly service: 'backend' | 'seeder';
   readonly maxRequestBytes: number;
   readonly readOnly: boolean;
   readonly callTimeoutMs: number;
@@ -80,6 +87,7 @@ export class GrpcBackend implements Backend {
   readonly #client: GrpcHttp2Client;
   readonly #options: Resolved;
   readonly #retry: Readonly<Record<'ReadAt' | 'WriteAt' | 'Sync', RetryOptions>>;
+  readonly #reads: { readonly ReadAt: { readonly path: string }; readonly Size: MethodDefinition<typeof EMPTY, { size: number }> };
   #closed = false;
 
   private constructor(client: GrpcHttp2Client, size: number, options: Resolved, retry: Omit<RetryOptions, 'what'>) {
@@ -89,6 +97,7 @@ export class GrpcBackend implements Backend {
     this.size = size;
     this.maxRequestBytes = options.maxRequestBytes;
     this.readOnly = options.readOnly;
+    this.#reads = options.service === 'seeder' ? seederDefinition : backendDefinition;
     this.#retry = Object.freeze({
       ReadAt: Object.freeze({ ...retry, what: `${client.uri} ReadAt` }),
       WriteAt: Object.freeze({ ...retry, what: `${client.uri} WriteAt` }),
@@ -110,14 +119,15 @@ export class GrpcBackend implements Backend {
       ...(token !== undefined ? { token } : {}),
       ...(options.channels !== undefined ? { channels: options.channels } : {}),
     });
-    const log = (options.log ?? silentLogger).child({ component: 'grpc-backend', server: client.uri });
+    const service = options.service ?? 'backend';
+    const log = (options.log ?? silentLogger).child({ component: 'grpc-backend', server: client.uri, service });
     const connectTimeoutMs = options.connectTimeoutMs ?? 5_000;
     let size: number;
     try {
-      size = (await client.call(backendDefinition.Size, EMPTY, connectTimeoutMs)).size;
+      size = (await client.call((service === 'seeder' ? seederDefinition : backendDefinition).Size, EMPTY, connectTimeoutMs)).size;
     } catch (err) {
       client.close();
-      throw openError(err as RpcError, client.uri, token !== undefined, connectTimeoutMs);
+      throw openError(err as RpcError, client.uri, token !== undefined, connectTimeoutMs, service);
     }
     if (!Number.isSafeInteger(size) || size < 0) {
       client.close();
@@ -125,8 +135,9 @@ export class GrpcBackend implements Backend {
     }
     log.debug({ size, maxRequestBytes }, 'connected');
     return new GrpcBackend(client, size, {
+      service,
       maxRequestBytes,
-      readOnly: options.readOnly ?? false,
+      readOnly: service === 'seeder' || (options.readOnly ?? false),
       callTimeoutMs: options.callTimeoutMs ?? 60_000,
     }, { retries: options.retries ?? 5, isTransient: isTransientStatus, log });
   }
@@ -185,10 +196,25 @@ export class GrpcBackend implements Backend {
 
   async sync(): Promise<void> {
     if (this.#closed) throw new ClosedError('grpc backend');
+    if (this.#options.service === 'seeder') return; // nothing is written through a seeder
     try {
       await withRetry(() => this.#client.call(backendDefinition.Sync, EMPTY, this.#options.callTimeoutMs), this.#retry.Sync);
     } catch (err) {
       throw this.#mapError(err, 'Sync', undefined, undefined);
+    }
+  }
+
+  /**
+   * Any other unary method of the server (the Seeder's Track, Sync, Close), with the deadline of a
+   * call and the same error mapping; `retry` only for methods that are safe to repeat.
+   */
+  async call<Req, Res>(method: MethodDefinition<Req, Res>, request: Req, op: string, retry: boolean): Promise<Res> {
+    if (this.#closed) throw new ClosedError('grpc backend');
+    const once = (): Promise<Res> => this.#client.call(method, request, this.#options.callTimeoutMs);
+    try {
+      return await (retry ? withRetry(once, { ...this.#retry.Sync, what: `${this.uri} ${op}` }) : once());
+    } catch (err) {
+      throw this.#mapError(err, op, undefined, undefined);
     }
   }
 
@@ -201,7 +227,7 @@ export class GrpcBackend implements Backend {
   async #readPiece(dst: Buffer, off: number): Promise<void> {
     if (dst.length === 0) return;
     try {
-      await withRetry(() => this.#client.readAt(backendDefinition.ReadAt, dst, off, this.#options.callTimeoutMs), this.#retry.ReadAt);
+      await withRetry(() => this.#client.readAt(this.#reads.ReadAt, dst, off, this.#options.callTimeoutMs), this.#retry.ReadAt);
     } catch (err) {
       throw this.#mapError(err, 'ReadAt', off, dst.length);
     }
@@ -244,7 +270,7 @@ async function readTls(tls: GrpcBackendTls): Promise<GrpcClientTls> {
 }
 
 /** Why the start-up call failed, in words a user can act on. */
-function openError(err: RpcError, uri: string, sentToken: boolean, timeoutMs: number): Error {
+function openError(err: RpcError, uri: string, sentToken: boolean, timeoutMs: number, service: 'backend' | 'seeder'): Error {
   const info = { backend: uri, op: 'open' };
   const details = err.details ?? err.message;
   switch (err.code) {
@@ -257,7 +283,9 @@ function openError(err: RpcError, uri: string, sentToken: boolean, timeoutMs: nu
     case Status.DEADLINE_EXCEEDED:
       return new BackendError(info, `no answer within ${timeoutMs} ms (wrong address, or TLS on one side only?)`, { cause: err });
     case Status.UNIMPLEMENTED:
-      return new BackendError(info, `the server has no Size RPC: it is not an r3map-serve gRPC endpoint (${details})`, { cause: err });
+      return new BackendError(info, service === 'seeder'
+        ? `the server has no Seeder service: it is not an r3map-seed endpoint (${details})`
+        : `the server has no Size RPC: it is not an r3map-serve gRPC endpoint (${details})`, { cause: err });
     default:
       return new BackendError(info, `${details} (gRPC ${statusName(err.code)})`, { cause: err });
   }

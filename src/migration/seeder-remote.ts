@@ -1,0 +1,73 @@
+/**
+ * SeederRemote: a seeder (r3map-seed, or a Go r3map seeder) as the leecher sees it: a read-only
+ * Backend over the Seeder service's ReadAt and Size, plus Track, Sync (the dirty chunk offsets)
+ * and Close. Opened from a grpc://, grpcs:// or grpc+unix:// URI with the same TLS, mTLS and
+ * token parameters as a gRPC backend. Track and Close are retried on UNAVAILABLE like reads; Sync
+ * never is (a lost reply would lose the dirty list, so it fails instead).
+ */
+import { UsageError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { GrpcBackend } from '../backends/grpc.js';
+import { parseBackendUri } from '../backends/uri.js';
+import { EMPTY } from '../rpc/codec.js';
+import { seederDefinition } from '../rpc/definitions.js';
+
+export class SeederRemote {
+  readonly #reader: GrpcBackend;
+
+  private constructor(reader: GrpcBackend) {
+    this.#reader = reader;
+  }
+
+  /** Connects and asks for the size; a clear BackendError when the seeder is unreachable or refuses us. */
+  static async open(uri: string, options: { readonly log?: Logger; readonly connectTimeoutMs?: number } = {}): Promise<SeederRemote> {
+    const spec = parseBackendUri(uri);
+    if (spec.kind !== 'grpc') throw new UsageError(`a seeder is reached over gRPC (grpc://, grpcs://, grpc+unix://), not ${uri.split(':')[0]}://`);
+    const reader = await GrpcBackend.open({
+      target: spec.target, service: 'seeder',
+      ...(spec.tls !== undefined ? { tls: spec.tls } : {}),
+      ...(spec.tokenFile !== undefined ? { tokenFile: spec.tokenFile } : {}),
+      ...(spec.maxRequestBytes !== undefined ? { maxRequestBytes: spec.maxRequestBytes } : {}),
+      ...(spec.channels !== undefined ? { channels: spec.channels } : {}),
+      ...(options.connectTimeoutMs !== undefined ? { connectTimeoutMs: options.connectTimeoutMs } : {}),
+      ...(options.log !== undefined ? { log: options.log } : {}),
+    });
+    return new SeederRemote(reader);
+  }
+
+  /** The migrated state, read-only. */
+  get backend(): GrpcBackend {
+    return this.#reader;
+  }
+
+  get size(): number {
+    return this.#reader.size;
+  }
+
+  get uri(): string {
+    return this.#reader.uri;
+  }
+
+  async track(): Promise<void> {
+    await this.#reader.call(seederDefinition.Track, EMPTY, 'Track', true);
+  }
+
+  /** Suspends the application on the seeder and returns the chunks written since Track. */
+  async sync(): Promise<readonly number[]> {
+    return (await this.#reader.call(seederDefinition.Sync, EMPTY, 'Sync', false)).dirtyOffsets;
+  }
+
+  /** Tells the seeder we are done (it refuses before a Sync), then disconnects. */
+  async close(): Promise<void> {
+    try {
+      await this.#reader.call(seederDefinition.Close, EMPTY, 'Close', true);
+    } finally {
+      await this.#reader.close();
+    }
+  }
+
+  /** Disconnects without telling the seeder (after a failure). */
+  disconnect(): Promise<void> {
+    return this.#reader.close();
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * The migration roles in one process, over a real gRPC server on a Unix socket: a Seeder whose
+ * application keeps writing during pre-copy, and a Leecher that pulls, finalizes and completes.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { MigrationError } from '../../src/errors.js';
+import { MemoryBackend } from '../../src/backends/memory.js';
+import { Leecher } from '../../src/migration/leecher.js';
+import { Seeder } from '../../src/migration/seeder.js';
+import { SeederRemote } from '../../src/migration/seeder-remote.js';
+import { GrpcServer } from '../../src/rpc/grpc-server.js';
+import { makeTempDir, removeDir } from '../support/tools.js';
+
+const chunkSize = 4096;
+const chunks = 64;
+const size = chunks * chunkSize;
+let dir: string;
+let n = 0;
+
+before(async () => {
+  dir = await makeTempDir('r3map-migration-');
+});
+after(async () => {
+  await removeDir(dir);
+});
+
+interface Rig {
+  seeder: Seeder;
+  server: GrpcServer;
+  uri: string;
+  content: Buffer;
+  events: string[];
+  stop(): Promise<void>;
+}
+
+async function seed(): Promise<Rig> {
+  const state = new MemoryBackend({ size });
+  const content = randomBytes(size);
+  await state.writeAt(content, 0);
+  const events: string[] = [];
+  const seeder = new Seeder({ backend: state, chunkSize, onSuspend: () => void events.push('suspend'), flush: async () => void events.push('flush') });
+  const server = new GrpcServer({ backend: seeder.backend, seeder: seeder.source, readOnly: true });
+  const uri = await server.listen(`grpc+unix://${path.join(dir, `seed-${++n}.sock`)}`);
+  return { seeder, server, uri, content, events, stop: async () => { await server.close(); await seeder.close(); } };
+}
+
+async function readAll(backend: { readAt(buf: Buffer, off: number): Promise<void> }): Promise<Buffer> {
+  const buf = Buffer.alloc(size);
+  await backend.readAt(buf, 0);
+  return buf;
+}
+
+describe('migration: Seeder → Leecher over gRPC', () => {
+  for (const workers of [0, 4]) {
+    it(`moves the state with writes during pre-copy, the device locked until finalize (${workers} pull workers)`, async () => {
+      const rig = await seed();
+      const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: workers });
+      try {
+        const early = leecher.backend.readAt(Buffer.alloc(10), 0);
+        let settled = false;
+        void early.then(() => (settled = true), () => (settled = true));
+        // the application writes while the leecher pre-copies
+        const model = Buffer.from(rig.content);
+        for (const off of [0, 5 * chunkSize + 17, 40 * chunkSize, size - 100]) {
+          const data = randomBytes(Math.min(2 * chunkSize, size - off));
+          data.copy(model, off);
+          await rig.seeder.backend.writeAt(data, off);
+        }
+        for (let i = 0; i < 20; i++) await nextTurn();
+        assert.equal(settled, false, 'the device is locked until finalize()');
+        const result = await leecher.finalize();
+        assert.deepEqual(rig.events, ['suspend', 'flush']);
+        assert.ok(result.dirtyOffsets.includes(0) && result.dirtyOffsets.includes(40 * chunkSize));
+        await early;
+        assert.deepEqual(await readAll(leecher.backend), model, 'after finalize the device shows the seeder\'s last state');
+        await leecher.complete();
+        assert.equal(leecher.table.localCount, chunks);
+        await rig.seeder.done;
+      } finally {
+        await leecher.close();
+        await rig.stop();
+      }
+    });
+  }
+
+  it('finalize at 100 %: a chunk written after it was pulled is pulled again', async () => {
+    const rig = await seed();
+    const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 8 });
+    try {
+      while (leecher.progress().localChunks < chunks) await new Promise((resolve) => setTimeout(resolve, 5));
+      const model = Buffer.from(rig.content);
+      const data = randomBytes(100);
+      data.copy(model, 7 * chunkSize + 1);
+      await rig.seeder.backend.writeAt(data, 7 * chunkSize + 1);
+      const { dirtyOffsets } = await leecher.finalize();
+      assert.deepEqual(dirtyOffsets, [7 * chunkSize]);
+      assert.deepEqual(await readAll(leecher.backend), model);
+      await leecher.complete();
+    } finally {
+      await leecher.close();
+      await rig.stop();
+    }
+  });
+
+  it('a Close before Sync is refused and the seeder goes on; a second leecher then completes', async () => {
+    const rig = await seed();
+    try {
+      const quitter = await SeederRemote.open(rig.uri);
+      await quitter.track();
+      await assert.rejects(quitter.close(), (err: Error) => err instanceof MigrationError && /Close before Sync is refused/.test(err.message));
+      const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 2 });
+      try {
+        await leecher.complete();
+        assert.deepEqual(await readAll(leecher.backend), rig.content);
+      } finally {
+        await leecher.close();
+      }
+    } finally {
+      await rig.stop();
+    }
+  });
+
+  it('refuses a seeder URI that is not gRPC, and says what is wrong with an unreachable one', async () => {
+    await assert.rejects(SeederRemote.open('nbd://127.0.0.1:1/x'), /reached over gRPC/);
+    await assert.rejects(SeederRemote.open(`grpc+unix://${path.join(dir, 'nobody.sock')}`, { connectTimeoutMs: 2000 }), /cannot reach the server|no answer/);
+  });
+
+  it('an r3map-serve endpoint (no Seeder service) is named as such', async () => {
+    const server = new GrpcServer({ backend: new MemoryBackend({ size }) });
+    const uri = await server.listen(`grpc+unix://${path.join(dir, `serve-${++n}.sock`)}`);
+    try {
+      await assert.rejects(SeederRemote.open(uri), /no Seeder service: it is not an r3map-seed endpoint/);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a leecher closed mid pre-copy leaves the seeder serving (it never synced)', async () => {
+    const rig = await seed();
+    try {
+      const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 1 });
+      await leecher.close();
+      const buf = Buffer.alloc(chunkSize);
+      await rig.seeder.backend.readAt(buf, 0);
+      assert.deepEqual(buf, rig.content.subarray(0, chunkSize));
+      assert.deepEqual(rig.events, [], 'no suspend without a Sync');
+    } finally {
+      await rig.stop();
+    }
+  });
+});
