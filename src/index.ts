@@ -43,6 +43,10 @@ export { ManagedPathMount } from './mount/managed-path.js';
 export { ManagedFileMount } from './mount/managed-file.js';
 export { mapReader, UffdMap } from './uffd/map.js';
 
+// gRPC
+export { GrpcServer, type GrpcServerOptions } from './rpc/grpc-server.js';
+export { BearerToken } from './rpc/bearer-token.js';
+
 // Migration (the library roles; the r3map-seed and r3map-leech commands are still to come)
 export { Seeder, type SeederOptions } from './migration/seeder.js';
 export { SeederRemote } from './migration/seeder-remote.js';
