@@ -147,7 +147,7 @@ async function announceAndWait(
 
 /** A managed mount always works in chunks: 'none' is a direct-mount spelling. */
 function managedChunkSize(chunkSize: number | 'none' | undefined): number {
-  if (chunkSize === 'none') throw new UsageError('--chunk-size none is for direct mounts: a managed mount pulls, pushes and caches whole chunks (default 64 KiB)');
+  if (chunkSize === 'none') throw new UsageError(`--chunk-size none is for direct mounts: a managed mount pulls, pushes and caches whole chunks (default ${formatSize(MANAGED_DEFAULTS.chunkSize)})`);
   return chunkSize ?? MANAGED_DEFAULTS.chunkSize;
 }
 

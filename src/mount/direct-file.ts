@@ -11,6 +11,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { ClosedError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { runStepsOrThrow, type UndoStep } from '../util/undo.js';
 import { DirectPathMount } from './direct-path.js';
 import type { DirectMountOptions } from './direct.js';
 import { openDeviceFile } from './open-device-file.js';
@@ -70,16 +71,13 @@ export class DirectFileMount {
 
   async #close(): Promise<void> {
     await this.#opening?.catch(() => undefined);
-    const errors: unknown[] = [];
+    const steps: UndoStep[] = [];
     const handle = this.#handle;
     if (handle !== undefined) {
-      if (!this.#mount.options.readOnly) await handle.sync().catch((err: unknown) => errors.push(err));
-      await handle.close().catch((err: unknown) => errors.push(err));
+      if (!this.#mount.options.readOnly) steps.push({ what: 'sync the device file', run: () => handle.sync() });
+      steps.push({ what: 'close the device file', run: () => handle.close() });
     }
-    await this.#mount.close().catch((err: unknown) => errors.push(...(err instanceof AggregateError ? err.errors : [err])));
-    if (errors.length > 0) {
-      for (const err of errors) this.#log.error({ err }, 'closing the direct file mount');
-      throw new AggregateError(errors, `closing the direct file mount: ${errors.map((e) => (e as Error).message).join('; ')}`);
-    }
+    steps.push({ what: 'close the mount', run: () => this.#mount.close() });
+    await runStepsOrThrow(steps, this.#log, 'direct file mount', 'closing the direct file mount');
   }
 }

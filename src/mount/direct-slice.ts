@@ -12,6 +12,7 @@ import { constants, open, type FileHandle } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { ClosedError, R3mapError, UsageError, type R3mapErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { runStepsOrThrow, type UndoStep } from '../util/undo.js';
 import { MAP_SHARED, mlock, mmap, msync, munmap, PROT_READ, PROT_WRITE, viewOf, type Pointer } from '../kernel/ffi.js';
 import { resolveDirectMountOptions, type DirectMountOptions } from './direct.js';
 import type { SerializedError, SliceWorkerData, SliceWorkerReply, SliceWorkerRequest } from './direct-slice-worker.js';
@@ -171,29 +172,29 @@ export class DirectSliceMount {
 
   async #close(): Promise<void> {
     await this.#opening?.catch(() => undefined);
-    const errors: unknown[] = [];
-    const attempt = async (fn: () => unknown): Promise<void> => {
-      try {
-        await fn();
-      } catch (err) {
-        this.#log.error({ err, device: this.#path }, `closing the slice mount: ${(err as Error).message}`);
-        errors.push(err);
-      }
-    };
+    const steps: UndoStep[] = [];
     const m = this.#mapping;
     this.#mapping = undefined;
     if (m !== undefined) {
-      if (!(this.options.readOnly ?? false)) await attempt(() => msync(m.addr, m.length, undefined, this.#path));
-      await attempt(() => munmap(m.addr, m.length));
-      await attempt(() => m.handle.close());
+      if (!(this.options.readOnly ?? false)) steps.push({ what: `msync the mapping of ${this.#path}`, run: async () => msync(m.addr, m.length, undefined, this.#path) });
+      steps.push({ what: 'munmap the mapping', run: async () => munmap(m.addr, m.length) });
+      steps.push({ what: 'close the device file', run: () => m.handle.close() });
     }
     const worker = this.#worker;
     if (worker !== undefined && this.#path !== '') {
       const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-      await attempt(() => this.#request('close'));
-      await exited;
+      steps.push({
+        what: 'close the mount in its server thread',
+        run: async () => {
+          try {
+            await this.#request('close');
+          } finally {
+            await exited;
+          }
+        },
+      });
     }
-    if (errors.length > 0) throw new AggregateError(errors, `closing the slice mount of ${this.#path}: ${errors.map((e) => (e as Error).message).join('; ')}`);
+    await runStepsOrThrow(steps, this.#log, 'slice mount', `closing the slice mount of ${this.#path}`);
   }
 }
 

@@ -28,7 +28,7 @@ import { checkChunkSize } from '../util/chunks.js';
 import { runStepsOrThrow, undoAndThrow, type UndoStep } from '../util/undo.js';
 import { composeBackend, openComposed } from './compose.js';
 import { attachFuseLoop } from './fuse-loop.js';
-import { chooseTransport, isTransport, type ResolvedTransport, type Transport } from './transport.js';
+import { chooseTransport, resolveTransport, type AttachedDevice, type ResolvedTransport, type Transport } from './transport.js';
 
 /** The device's logical block size; the size of a direct mount must be a multiple of it. */
 export const BLOCK_SIZE = 4096;
@@ -87,8 +87,7 @@ export function resolveDirectMountOptions(options: DirectMountOptions): Resolved
   const latencyMs = options.latencyMs ?? 0;
   if (!Number.isFinite(latencyMs) || latencyMs < 0) throw new UsageError(`latencyMs must be a number of milliseconds >= 0, got ${String(latencyMs)}`);
   if (options.size !== undefined) checkSize(options.size);
-  const transport = options.transport ?? 'auto';
-  if (!isTransport(transport)) throw new UsageError(`transport '${String(transport)}' is not one of nbd, fuse-loop, auto`);
+  const transport = resolveTransport(options.transport);
   return Object.freeze({
     backendUri: options.backendUri,
     backend: options.backend,
@@ -121,12 +120,6 @@ export interface DeviceStack {
   close(): Promise<void>;
 }
 
-interface Attached {
-  readonly path: string;
-  readonly closed: Promise<Error | undefined>;
-  detach(): Promise<void>;
-}
-
 /** The stages, top-down. */
 export async function openDeviceStack(options: ResolvedDirectMountOptions, log: Logger): Promise<DeviceStack> {
   const transport = chooseTransport(options.transport, log, options.device);
@@ -157,7 +150,7 @@ function withLatency(backend: Backend, latencyMs: number, log: Logger): Backend 
   return new LatencyBackend(backend, { readLatencyMs: latencyMs, writeLatencyMs: latencyMs });
 }
 
-function attach(transport: ResolvedTransport, server: NbdServer, size: number, options: ResolvedDirectMountOptions, log: Logger): Promise<Attached> {
+function attach(transport: ResolvedTransport, server: NbdServer, size: number, options: ResolvedDirectMountOptions, log: Logger): Promise<AttachedDevice> {
   const device = options.device !== undefined ? { device: options.device } : {};
   if (transport === 'fuse-loop') {
     return attachFuseLoop(server, { size, readOnly: options.readOnly, exportName: EXPORT_NAME, directIo: options.loopDirectIo, ...device, log });

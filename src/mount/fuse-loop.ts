@@ -19,6 +19,7 @@ import { TimeoutError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { FuseLoopWatchdog } from './fuse-loop-watchdog.js';
 import { runTool, TOOL_ENV_PATH, toolError } from './run-tool.js';
+import type { AttachedDevice } from './transport.js';
 
 /** Our temp dirs start with this; a loop back-file inside one is ours. */
 export const FUSE_LOOP_DIR_PREFIX = 'r3map-fuse-loop-';
@@ -49,16 +50,12 @@ export interface FuseLoopOptions {
   readonly log?: Logger;
 }
 
-export interface FuseLoopDevice {
-  /** /dev/loopN */
-  readonly path: string;
+/** A /dev/loopN; `closed` resolves with an Error if nbdfuse dies before `detach()`. */
+export interface FuseLoopDevice extends AttachedDevice {
   /** The private temp dir (socket, FUSE mount point). */
   readonly dir: string;
   /** Whether the loop device does direct I/O on the FUSE file. */
   readonly directIo: boolean;
-  /** Resolves with an Error if nbdfuse dies before `detach()`, with undefined after a clean detach. */
-  readonly closed: Promise<Error | undefined>;
-  detach(): Promise<void>;
 }
 
 /** True when a loop back-file is one of our nbdfuse files. */

@@ -9,7 +9,7 @@ import { checkChunkSize, DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 import type { Logger } from '../log.js';
 import { pullPriorityByName, type PullPriority, type PullPriorityName } from '../pipeline/pull-priority.js';
 import type { Backend } from '../pipeline/types.js';
-import { isTransport, type Transport } from './transport.js';
+import { resolveTransport, type Transport } from './transport.js';
 
 /** The built-in names, your own function, or a file listing hot ranges (hot-ranges.ts). */
 export type ManagedPullPriority = PullPriorityName | PullPriority | { readonly hotRangesFile: string };
@@ -118,8 +118,7 @@ export function resolveManagedMountOptions(options: ManagedMountOptions): Resolv
   if (pullFirst && pullWorkers === 0) throw new UsageError('pullFirst needs pull workers (pullWorkers > 0)');
   const cache = options.cache ?? MANAGED_DEFAULTS.cache;
   if (cache === '') throw new UsageError("cache must be a file path or 'memory'");
-  const transport = options.transport ?? 'auto';
-  if (!isTransport(transport)) throw new UsageError(`transport '${String(transport)}' is not one of nbd, fuse-loop, auto`);
+  const transport = resolveTransport(options.transport);
   return Object.freeze({
     remote: options.remote,
     remoteUri: options.remoteUri,

@@ -24,6 +24,26 @@ export function isTransport(value: string): value is Transport {
   return (TRANSPORTS as readonly string[]).includes(value);
 }
 
+/** A mount option's transport, checked: default 'auto'; anything else is a UsageError. */
+export function resolveTransport(value: Transport | undefined): Transport {
+  const transport = value ?? 'auto';
+  if (!isTransport(transport)) throw new UsageError(`transport '${String(transport)}' is not one of ${TRANSPORTS.join(', ')}`);
+  return transport;
+}
+
+/**
+ * What a transport hands back once the device is up: the kernel NBD client (NbdDevice) and
+ * fuse-loop (FuseLoopDevice) both are one.
+ */
+export interface AttachedDevice {
+  /** /dev/nbdN or /dev/loopN. */
+  readonly path: string;
+  /** Resolves with an Error when the device goes away without detach(), undefined after detach(). */
+  readonly closed: Promise<Error | undefined>;
+  /** Flushes and releases the device; idempotent. */
+  detach(): Promise<void>;
+}
+
 /** True when the kernel has an NBD driver (the module is loaded or built in and made devices). */
 export function hasNbdDriver(): boolean {
   return existsSync('/sys/module/nbd') || existsSync('/dev/nbd0');

@@ -1,6 +1,6 @@
 /**
  * UffdFaultHandler: serves the page faults of one userfaultfd region from a reader. It runs in
- * the handler worker thread (uffd-handler-worker.ts builds it) and never touches the region.
+ * the handler worker thread (handler-worker.ts builds it) and never touches the region.
  *
  * - Chunks are aligned to the region base. A fault fetches its whole chunk into a staging slot
  *   and installs it with one UFFDIO_COPY (the last chunk clipped to the region, a partial last

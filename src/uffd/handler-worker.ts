@@ -2,11 +2,11 @@
  * The body of the worker thread that serves one userfaultfd region (started by
  * uffd/map.ts; never import it elsewhere). The thread that touches the region blocks while
  * a page is missing and runs no JS meanwhile, so it can never serve itself: this thread does,
- * with a UffdFaultHandler (uffd-fault-handler.ts).
+ * with a UffdFaultHandler (fault-handler.ts).
  *
  * - It opens its own reader: `(await import(module))[exportName](...args)` with the
  *   structured-cloneable spec from the main thread (which turns a backend URI into
- *   backends/open.js `openBackend(uri, …)`). A reader living in the faulting thread could never
+ *   mount/compose.js `openComposed(uri, …)`). A reader living in the faulting thread could never
  *   run, so a reader never crosses threads.
  * - The fatal path: a fetch that a blocked thread waits on failed past its deadline, or this
  *   thread crashed (uncaught exception, unhandled rejection). A thread stopped on a page fault
@@ -14,7 +14,7 @@
  *   kills the whole process with SIGKILL (exit status 137): loud, immediate, and no core dump of
  *   a huge mapping. SIGKILL rather than an error event because the main thread may be the one
  *   that is blocked, and then no JS of it ever runs again.
- * - Protocol (plain objects over parentPort, types in uffd-protocol.ts): worker → main: ready |
+ * - Protocol (plain objects over parentPort, types in protocol.ts): worker → main: ready |
  *   open-failed | failed | drained | stopped; main → worker: drain. A byte on the stop pipe ends
  *   the poll loop; the reader is closed and the thread exits.
  */
@@ -24,7 +24,7 @@ import { createLogger } from '../log.js';
 import { UffdFaultHandler, type UffdReader } from './fault-handler.js';
 import { serializeError, type UffdHandlerData, type UffdHandlerReply, type UffdHandlerRequest, type UffdReaderSpec } from './protocol.js';
 
-if (parentPort === null) throw new Error('uffd-handler-worker.js runs only as a worker thread');
+if (parentPort === null) throw new Error('uffd/handler-worker.js runs only as a worker thread');
 const port = parentPort;
 const data = workerData as UffdHandlerData;
 const log = createLogger({ level: data.logLevel }).child({ component: 'uffd-handler', region: data.label });

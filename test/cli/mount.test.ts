@@ -7,12 +7,12 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { hasNbdDriver } from '../../src/mount/transport.js';
-import { leftoversUnder, loopDevice, requireFuseLoop, waitUntil } from '../support/fuse-loop.js';
-import { makeTempDir, removeDir, requireTool, runOk, runTool, type RunResult } from '../support/tools.js';
-import { MOUNT_BIN, start, type Mounted } from '../support/mount-cli.js';
+import { leftoversUnder, loopDevice, requireFuseLoop, waitUntil, withForeignLoopDevice } from '../support/fuse-loop.js';
+import { makeTempDir, requireTool, runOk, runTool, type RunResult } from '../support/tools.js';
+import { cleanUpMountDir, mountEnv, runMount as runMountIn, startMount as startMountIn, type Mounted } from '../support/mount-cli.js';
 
 const MIB = 1024 * 1024;
 let dir: string;
@@ -20,24 +20,10 @@ let dir: string;
 before(async () => {
   dir = await makeTempDir('r3map-mount-cli-');
 });
-after(async () => {
-  for (const m of (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(`${dir}/`))) {
-    await runTool('umount', ['-l', m]);
-  }
-  await removeDir(dir);
-});
+after(() => cleanUpMountDir(dir));
 
-const env = (): NodeJS.ProcessEnv => ({ ...process.env, TMPDIR: dir, R3MAP_LOG_LEVEL: 'info' });
-
-/** Starts r3map-mount and waits (bounded) for the device path on stdout. */
-async function startMount(args: readonly string[]): Promise<Mounted> {
-  const r = await start(MOUNT_BIN, args, { env: env(), startTimeoutMs: 20_000, stopTimeoutMs: 20_000 });
-  return Object.assign(r, { device: r.line });
-}
-
-function runMount(args: readonly string[]): Promise<RunResult> {
-  return runTool(process.execPath, [MOUNT_BIN, ...args], { timeoutMs: 30_000, env: env() });
-}
+const startMount = (args: readonly string[]): Promise<Mounted> => startMountIn(args, { env: mountEnv(dir), startTimeoutMs: 20_000, stopTimeoutMs: 20_000 });
+const runMount = (args: readonly string[]): Promise<RunResult> => runMountIn(args, { env: mountEnv(dir) });
 
 describe('r3map-mount through fuse-loop', () => {
   test('a memory device takes ext4, keeps its files across a remount, and SIGTERM detaches it with exit 0', async (t) => {
@@ -89,9 +75,9 @@ describe('r3map-mount through fuse-loop', () => {
     assert.deepEqual(await leftoversUnder(dir), []);
   });
 
-  test('the device works as swap: mkswap, swapon, swapoff', async (t) => {
+  test('the device works as swap: mkswap, swapon, swapoff (--chunk-size none: no chunking layer)', async (t) => {
     if (!requireFuseLoop(t) || !requireTool(t, 'mkswap') || !requireTool(t, 'swapon') || !requireTool(t, 'swapoff')) return;
-    const m = await startMount(['--backend', 'memory', '--size', '64MiB']);
+    const m = await startMount(['--backend', 'memory', '--size', '64MiB', '--chunk-size', 'none']);
     try {
       await runOk('mkswap', [m.device]);
       await runOk('swapon', [m.device]);
@@ -142,18 +128,11 @@ describe('r3map-mount through fuse-loop', () => {
 
   test('--disconnect refuses a loop device that r3map did not attach', async (t) => {
     if (!requireFuseLoop(t)) return;
-    const file = path.join(dir, 'plain.img');
-    await writeFile(file, '');
-    await truncate(file, MIB);
-    const device = (await runOk('losetup', ['--find', '--show', file])).stdout.trim();
-    try {
+    await withForeignLoopDevice(dir, async (device) => {
       const r = await runMount(['--disconnect', device]);
       assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, /refusing/);
-      assert.equal((await loopDevice(device))?.backFile, file);
-    } finally {
-      await runOk('losetup', ['-d', device]);
-    }
+    });
   });
 
   test('a busy --device fails with a clear message, exit 1, and leaves nothing of its own behind', async (t) => {
@@ -178,6 +157,9 @@ describe('r3map-mount with bad input', { concurrency: true }, () => {
     { name: 'an unreadable backing file', args: ['--backend', 'file:///nonexistent-dir/disk.img', '--transport', 'fuse-loop'], code: 1, message: /nonexistent-dir\/disk\.img/ },
     { name: 'an unknown flag', args: ['--backend', 'memory', '--size', '64MiB', '--frobnicate'], code: 2, message: /unknown option '--frobnicate'/ },
     { name: 'no --backend', args: [], code: 2, message: /--backend is required/ },
+    { name: 'a chunk size of 0 (no chunking is spelled none)', args: ['--backend', 'memory', '--size', '64MiB', '--chunk-size', '0'], code: 2, message: /a chunk size of 0 is not a size: say 'none' \(--chunk-size none\)/ },
+    { name: 'a chunk size above 1 GiB', args: ['--backend', 'memory', '--size', '64MiB', '--chunk-size', '2GiB'], code: 2, message: /the chunk size of a direct mount must be a whole number of bytes from 1 to 1 GiB, got 2147483648/ },
+    { name: 'a chunk size that is not a size', args: ['--backend', 'memory', '--size', '64MiB', '--chunk-size', 'lots'], code: 2, message: /option '--chunk-size <bytes\|none>' argument 'lots' is invalid/ },
     { name: 'an unknown transport', args: ['--backend', 'memory', '--size', '64MiB', '--transport', 'pigeon'], code: 2, message: /pigeon/ },
     { name: 'a device that is neither /dev/nbdN nor /dev/loopN', args: ['--backend', 'memory', '--size', '64MiB', '--device', '/dev/sda'], code: 2, message: /\/dev\/nbdN|\/dev\/loopN/ },
     {

@@ -10,20 +10,17 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { listNbdDevices } from '../../src/kernel/nbd-device.js';
 import { nbdIndexOf, readNbdState, threadAlive } from '../../src/kernel/sysfs.js';
-import { makeTempDir, removeDir, runOk, runTool, type RunResult } from '../support/tools.js';
+import { makeTempDir, runOk, runTool, type RunResult } from '../support/tools.js';
 import { nbdUnavailable, requireNbd } from './support.js';
-import { MOUNT_BIN, killAll, start, type Mounted } from '../support/mount-cli.js';
+import { assertNbdFree, cleanUpMountDir, mountEnv, runMount as runMountIn, startMount as startMountIn, stopAndAssertNbdFree, type Mounted } from '../support/mount-cli.js';
 
 const MIB = 1024 * 1024;
 const SIZE = '64MiB';
 /** Under emulation node takes 3-10 s to start, and r3map-mount 25-50 s on a loaded host; five start at once. */
 const START_TIMEOUT_MS = 300_000;
 const STEP_TIMEOUT_MS = 120_000;
-/** How long the kernel may take to release a device after its owner exited. */
-const SETTLE_MS = 10_000;
 const SUITE_TIMEOUT_MS = 900_000;
 
 let dir: string;
@@ -31,50 +28,18 @@ let dir: string;
 before(async () => {
   dir = await makeTempDir('r3map-kernel-mount-');
 });
-after(async () => {
-  killAll();
-  for (const m of (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(`${dir}/`))) {
-    await runTool('umount', ['-l', m]);
-  }
-  await removeDir(dir);
-});
+after(() => cleanUpMountDir(dir));
 
-const env = (): NodeJS.ProcessEnv => ({ ...process.env, R3MAP_LOG_LEVEL: 'info' });
 const step = { timeoutMs: STEP_TIMEOUT_MS };
 
 /** Starts `r3map-mount --transport nbd ARGS` and waits (bounded) for the device path on stdout. */
-async function startMount(args: readonly string[]): Promise<Mounted> {
-  const r = await start(MOUNT_BIN, ['--transport', 'nbd', ...args], { env: env(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STEP_TIMEOUT_MS });
-  return Object.assign(r, { device: r.line });
-}
-
-function runMount(args: readonly string[]): Promise<RunResult> {
-  return runTool(process.execPath, [MOUNT_BIN, ...args], { timeoutMs: START_TIMEOUT_MS, env: env() });
-}
+const startMount = (args: readonly string[]): Promise<Mounted> =>
+  startMountIn(['--transport', 'nbd', ...args], { env: mountEnv(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STEP_TIMEOUT_MS });
+const runMount = (args: readonly string[]): Promise<RunResult> => runMountIn(args, { env: mountEnv(), timeoutMs: START_TIMEOUT_MS });
 
 /** The paths of the NBD devices that have a connection. */
 async function connectedDevices(): Promise<string[]> {
   return (await listNbdDevices()).filter((d) => d.connected).map((d) => d.path);
-}
-
-/** The device is released (size 0, no pid file); polls up to `settleMs`: the kernel's teardown may lag its owner's exit. */
-async function assertFree(device: string, settleMs = SETTLE_MS): Promise<void> {
-  const index = nbdIndexOf(device)!;
-  const deadline = performance.now() + settleMs;
-  let state = await readNbdState(index);
-  while ((state.sizeBytes !== 0 || state.pid !== undefined) && performance.now() < deadline) {
-    await sleep(20);
-    state = await readNbdState(index);
-  }
-  assert.equal(state.sizeBytes, 0, `${device} still has a size (/sys/block/nbd${index}/size)`);
-  assert.equal(state.pid, undefined, `${device} still has a pid file (/sys/block/nbd${index}/pid)`);
-}
-
-/** SIGTERM: exit 0, the device printed once on stdout, the device released. */
-async function stopClean(m: Mounted): Promise<void> {
-  assert.equal(await m.stop(), 0, m.stderr());
-  assert.equal(m.stdout(), `${m.device}\n`);
-  await assertFree(m.device);
 }
 
 /** mkfs.ext4, mount, write, sync, umount, fsck -n clean, remount, read back, umount. */
@@ -206,7 +171,7 @@ describe('r3map-mount --transport nbd', { timeout: SUITE_TIMEOUT_MS }, () => {
 
   test('SIGTERM flushes and detaches: exit 0, size 0, no pid file, and the backing file matches the device', async (t: TestContext) => {
     if (!requireNbd(t)) return;
-    await Promise.all([stopClean(m!.memory), stopClean(m!.file), stopClean(m!.readOnly)]);
+    await Promise.all([stopAndAssertNbdFree(m!.memory), stopAndAssertNbdFree(m!.file), stopAndAssertNbdFree(m!.readOnly)]);
     const image = await readFile(file());
     assert.equal(image.length, 64 * MIB);
     assert.ok(image.subarray(5 * MIB, 8 * MIB).equals(pattern), 'the dd pattern is in the backing file');
@@ -228,11 +193,11 @@ describe('r3map-mount --transport nbd', { timeout: SUITE_TIMEOUT_MS }, () => {
       assert.match(p.stdout, /^(disconnected|not-connected)\n$/);
       assert.equal(h.code, 0, h.stderr);
       assert.equal(h.stdout, 'disconnected\n');
-      await assertFree(plain.device);
+      await assertNbdFree(plain.device);
     } finally {
       await holder.close();
     }
-    await assertFree(held.device);
+    await assertNbdFree(held.device);
   });
 
   test('nothing is left attached or mounted', async (t: TestContext) => {

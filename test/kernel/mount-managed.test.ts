@@ -16,18 +16,15 @@ import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { listNbdDevices } from '../../src/kernel/nbd-device.js';
-import { nbdIndexOf, readNbdState } from '../../src/kernel/sysfs.js';
-import { makeTempDir, removeDir, runOk, runTool, SERVE_BIN } from '../support/tools.js';
+import { makeTempDir, runOk, runTool, SERVE_BIN } from '../support/tools.js';
 import { nbdUnavailable, requireNbd } from './support.js';
-import { killAll, MOUNT_BIN, start, type Running } from '../support/mount-cli.js';
+import { assertNbdFree, cleanUpMountDir, MOUNT_BIN, mountEnv, runMount, start, stopAndAssertNbdFree, type Running } from '../support/mount-cli.js';
 
 const MIB = 1024 * 1024;
 const SIZE = 32 * MIB;
 /** Node takes 3-10 s to start in the VM, r3map-mount 25-50 s on a loaded host. */
 const START_TIMEOUT_MS = 300_000;
 const STEP_TIMEOUT_MS = 120_000;
-/** How long the kernel may take to release a device after its owner exited. */
-const SETTLE_MS = 10_000;
 const SUITE_TIMEOUT_MS = 900_000;
 /** Pinned devices: ext4 mount, kill -9 victim, direct check, the victim's restart (while --disconnect runs). */
 const DEVICES = Object.freeze({ ext4: '/dev/nbd4', victim: '/dev/nbd5', direct: '/dev/nbd6', restart: '/dev/nbd7' });
@@ -40,21 +37,15 @@ before(async () => {
   dir = await makeTempDir('r3map-kernel-managed-');
 });
 after(async () => {
-  killAll();
   for (const child of started) child.kill('SIGKILL');
-  for (const m of (await readFile('/proc/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(`${dir}/`))) {
-    await runTool('umount', ['-l', m]);
-  }
-  await removeDir(dir);
+  await cleanUpMountDir(dir);
 });
 
-const env = (): NodeJS.ProcessEnv => ({ ...process.env, R3MAP_LOG_LEVEL: 'info' });
 const step = { timeoutMs: STEP_TIMEOUT_MS };
 
 /** Starts `node BIN ARGS` and waits (bounded) for its first line on stdout. */
-function startBin(bin: string, args: readonly string[]): Promise<Running> {
-  return start(bin, args, { env: env(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STEP_TIMEOUT_MS });
-}
+const startBin = (bin: string, args: readonly string[]): Promise<Running> =>
+  start(bin, args, { env: mountEnv(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STEP_TIMEOUT_MS });
 
 /**
  * Starts r3map-mount (see start()). The gRPC backend gives the remote's first answer (Size) a fixed
@@ -71,26 +62,6 @@ async function startMount(args: readonly string[], t?: TestContext): Promise<Run
     else process.stderr.write(`# ${note}\n`);
     return startBin(MOUNT_BIN, args);
   }
-}
-
-/** The device is released (size 0, no pid file); polls up to `settleMs`: the kernel's teardown may lag its owner's exit. */
-async function assertFree(device: string, settleMs = SETTLE_MS): Promise<void> {
-  const index = nbdIndexOf(device)!;
-  const deadline = performance.now() + settleMs;
-  let state = await readNbdState(index);
-  while ((state.sizeBytes !== 0 || state.pid !== undefined) && performance.now() < deadline) {
-    await sleep(20);
-    state = await readNbdState(index);
-  }
-  assert.equal(state.sizeBytes, 0, `${device} still has a size (/sys/block/nbd${index}/size)`);
-  assert.equal(state.pid, undefined, `${device} still has a pid file (/sys/block/nbd${index}/pid)`);
-}
-
-/** SIGTERM: exit 0, the device printed once on stdout, the device released. */
-async function stopClean(m: Running): Promise<void> {
-  assert.equal(await m.stop(), 0, m.stderr().slice(-4000));
-  assert.equal(m.stdout(), `${m.line}\n`);
-  await assertFree(m.line);
 }
 
 /** Bytes the process has passed to write(2) so far (/proc/PID/io wchar), or undefined once it is gone. */
@@ -172,7 +143,7 @@ describe('r3map-mount --managed --transport nbd, with r3map-serve over gRPC as t
     } finally {
       await runTool('umount', [mnt]);
     }
-    await stopClean(m);
+    await stopAndAssertNbdFree(m);
     assert.match(m.stderr(), /bytes were pulled before the device was ready/);
     assert.ok(existsSync(`${cache.ext4()}.r3map-state`), 'the file cache has its state file');
     // Only now: a fresh direct mount of the same remote (its start overlaps the next test).
@@ -211,17 +182,17 @@ describe('r3map-mount --managed --transport nbd, with r3map-serve over gRPC as t
     // The restart (same cache, another device) and the --disconnect of the dead mount's device run at once.
     const restarting = startMount(victimArgs(DEVICES.restart), t);
     restarting.catch(() => undefined);
-    const r = await runTool(process.execPath, [MOUNT_BIN, '--disconnect', DEVICES.victim], { timeoutMs: START_TIMEOUT_MS, env: env() });
+    const r = await runMount(['--disconnect', DEVICES.victim], { timeoutMs: START_TIMEOUT_MS, env: mountEnv() });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^(disconnected|not-connected)\n$/);
-    await assertFree(DEVICES.victim);
+    await assertNbdFree(DEVICES.victim);
 
     const restarted = await restarting;
     try {
       assert.equal(restarted.line, DEVICES.restart);
       assert.deepEqual(await readRange(restarted.line, PATTERN_OFF, pattern.length), pattern, 'the device shows the fsynced bytes after the restart');
     } finally {
-      await stopClean(restarted);
+      await stopAndAssertNbdFree(restarted);
     }
     assert.match(restarted.stderr(), /cache state restored/);
     assert.deepEqual(await readRange(remote.victim(), PATTERN_OFF, pattern.length), pattern, 'the remote holds every fsynced byte');
@@ -244,7 +215,7 @@ describe('r3map-mount --managed --transport nbd, with r3map-serve over gRPC as t
     } finally {
       await runTool('umount', [mnt]);
     }
-    await stopClean(d);
+    await stopAndAssertNbdFree(d);
   });
 
   test('nothing is left attached or mounted, and both r3map-serve processes exit 0 on SIGTERM', async (t: TestContext) => {

@@ -8,6 +8,8 @@ import { MAP_ANONYMOUS, MAP_PRIVATE, mmap, munmap, PROT_READ, PROT_WRITE, viewOf
 import { DirectFileMount } from '../../src/mount/direct-file.js';
 import { DirectPathMount } from '../../src/mount/direct-path.js';
 import { DirectSliceMount } from '../../src/mount/direct-slice.js';
+import { resolveDirectMountOptions } from '../../src/mount/direct.js';
+import { DEFAULT_CHUNK_SIZE } from '../../src/util/chunks.js';
 import { leftoversUnder, requireFuseLoop } from '../support/fuse-loop.js';
 import { makeTempDir, removeDir } from '../support/tools.js';
 
@@ -23,11 +25,24 @@ describe('direct mount options', () => {
     ['a chunk size of 0 (no chunking is spelled none)', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, chunkSize: 0 })],
     ['a chunk size above 1 GiB', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, chunkSize: 2 * 1024 ** 3 })],
     ['a negative latency', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, latencyMs: -1 })],
+    ['an unknown transport', () => new DirectPathMount({ backendUri: 'memory', size: SIZE, transport: 'pigeon' as never })],
     ['a slice mount given a backend object', () => new DirectSliceMount({ backend: new MemoryBackend({ size: SIZE }) } as never)],
   ];
   for (const [name, make] of cases) {
     test(`${name} is a usage error at construction`, () => assert.throws(make, { code: 'ERR_USAGE' }));
   }
+  test("the chunk size is 'none' (no chunking layer) unless one is given, and the latency 0", () => {
+    const plain = resolveDirectMountOptions({ backendUri: 'memory' });
+    assert.equal(plain.chunkSize, 'none');
+    assert.equal(plain.latencyMs, 0);
+    assert.equal(plain.transport, 'auto');
+    const chunked = resolveDirectMountOptions({ backendUri: 'memory', chunkSize: DEFAULT_CHUNK_SIZE, latencyMs: 5 });
+    assert.equal(chunked.chunkSize, DEFAULT_CHUNK_SIZE);
+    assert.equal(chunked.latencyMs, 5);
+  });
+  test('a chunk size of 0 names the spelling of no chunking', () => {
+    assert.throws(() => resolveDirectMountOptions({ backendUri: 'memory', chunkSize: 0 }), /say 'none' \(--chunk-size none\)/);
+  });
 });
 
 describe('direct mounts through fuse-loop', () => {

@@ -3,8 +3,10 @@
  * nbdfuse, losetup, fusermount3), the kernel's view of loop devices and FUSE mounts, and a check
  * that nothing is left under a test's private TMPDIR (r3map puts its fuse-loop dirs there).
  */
+import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, truncate, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestContext } from 'node:test';
 import { requireTool, runOk, strictTools } from './tools.js';
@@ -58,5 +60,23 @@ export async function waitUntil(check: () => Promise<boolean>, timeoutMs = 10_00
     if (await check()) return true;
     if (Date.now() > deadline) return false;
     await sleep(intervalMs);
+  }
+}
+
+/**
+ * Runs `fn` with a loop device r3map did not attach (losetup of a 1 MiB file plain.img under
+ * `dir`): for the checks that r3map refuses to detach it. Asserts that the device is still
+ * attached to that file afterwards, then detaches it.
+ */
+export async function withForeignLoopDevice(dir: string, fn: (device: string) => Promise<void>): Promise<void> {
+  const file = path.join(dir, 'plain.img');
+  await writeFile(file, '');
+  await truncate(file, 1024 * 1024);
+  const device = (await runOk('losetup', ['--find', '--show', file])).stdout.trim();
+  try {
+    await fn(device);
+    assert.equal((await loopDevice(device))?.backFile, file, `${device} is still attached to ${file}`);
+  } finally {
+    await runOk('losetup', ['-d', device]);
   }
 }

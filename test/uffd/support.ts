@@ -5,6 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import type { TestContext } from 'node:test';
 import { KernelError } from '../../src/errors.js';
+import { withTimeout } from '../../src/util/retry.js';
 import { pageSize } from '../../src/kernel/ffi.js';
 import { Uffd } from '../../src/kernel/uffd.js';
 import { fillPattern } from '../../src/bench/uffd-source.js';
@@ -79,23 +80,17 @@ export async function waitFor(condition: () => boolean, what: string, timeoutMs 
 }
 
 /**
- * Settles like `promise`, or rejects after `timeoutMs`. Its timer is ref'd, so it also keeps
- * the event loop alive while a test awaits an event of a region (whose thread is unref'd).
+ * Settles like `promise`, or rejects after `timeoutMs` (util/retry.ts's withTimeout). A ref'd
+ * timer also keeps the event loop alive while a test awaits an event of a region (whose thread
+ * is unref'd, and withTimeout's timer too).
  */
-export function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (err: unknown) => {
-        clearTimeout(timer);
-        reject(err);
-      },
-    );
-  });
+export async function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  const keepAlive = setTimeout(() => undefined, timeoutMs + 1000);
+  try {
+    return await withTimeout(promise, timeoutMs, `waiting for ${what}`);
+  } finally {
+    clearTimeout(keepAlive);
+  }
 }
 
 /** The pattern-filled memory reader of support-readers.ts, built inside the handler thread. */
