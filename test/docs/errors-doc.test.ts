@@ -11,7 +11,7 @@ import * as errors from '../../src/errors.js';
 import { exitCodeFor } from '../../src/cli/run.js';
 import { NbdErrno, nameOf } from '../../src/nbd/constants.js';
 import { nbdErrnoOf } from '../../src/nbd/errno.js';
-import { statusCodeOf } from '../../src/rpc/status.js';
+import { fromStatus, rpcError, statusCodeOf, toStatus } from '../../src/rpc/status.js';
 
 const DOC = new URL('../../../docs/errors.md', import.meta.url);
 
@@ -36,15 +36,31 @@ interface Row {
   readonly className: string;
   readonly errno: string;
   readonly status: string;
+  readonly clientGets: string;
   readonly exit: string;
 }
 
-async function rows(): Promise<Row[]> {
+interface HostRow {
+  readonly code: string;
+  readonly errno: string;
+  readonly status: string;
+}
+
+async function tableLines(pattern: RegExp): Promise<string[][]> {
   const text = await readFile(DOC, 'utf8');
-  return text.split('\n').filter((line) => /^\| `ERR_/.test(line)).map((line) => {
-    const cells = line.split('|').slice(1, -1).map((c) => c.trim());
-    return { code: cells[0]!.replace(/`/g, ''), className: cells[1]!.replace(/`/g, ''), errno: cells[2]!, status: cells[3]!, exit: cells[4]! };
-  });
+  return text.split('\n').filter((line) => pattern.test(line)).map((line) => line.split('|').slice(1, -1).map((c) => c.trim()));
+}
+
+const unquote = (cell: string): string => cell.replace(/`/g, '');
+
+async function rows(): Promise<Row[]> {
+  return (await tableLines(/^\| `ERR_/)).map((cells) => ({
+    code: unquote(cells[0]!), className: unquote(cells[1]!), errno: cells[2]!, status: cells[3]!, clientGets: unquote(cells[4]!), exit: cells[5]!,
+  }));
+}
+
+async function hostRows(): Promise<HostRow[]> {
+  return (await tableLines(/^\| `(?!ERR_)[A-Z_]+` \| /)).map((cells) => ({ code: unquote(cells[0]!), errno: cells[1]!, status: cells[2]! }));
 }
 
 describe('docs/errors.md', () => {
@@ -62,9 +78,29 @@ describe('docs/errors.md', () => {
     for (const row of await rows()) {
       const err = samples[row.code as errors.R3mapErrorCode];
       const errno = nameOf(NbdErrno, nbdErrnoOf(err)).replace(/^NBD_/, '');
-      assert.ok(row.errno.startsWith(errno) || row.errno.includes(`(${errno} for none)`), `${row.code}: errno ${errno}, doc says ${row.errno}`);
+      assert.ok(row.errno.startsWith(errno) || row.errno.includes(`${errno} when it carries 0`), `${row.code}: errno ${errno}, doc says ${row.errno}`);
       assert.ok(row.status.startsWith(Status[statusCodeOf(err)]!) || row.status.includes(`else ${Status[statusCodeOf(err)]}`), `${row.code}: status ${Status[statusCodeOf(err)]}, doc says ${row.status}`);
       assert.equal(row.exit, String(exitCodeFor(err)), `${row.code}: exit code`);
+    }
+  });
+
+  it('names the class r3map\'s gRPC client rebuilds from each answer', async () => {
+    for (const row of await rows()) {
+      const answer = toStatus(samples[row.code as errors.R3mapErrorCode]);
+      const rebuilt = fromStatus(rpcError(answer.code, answer.details, answer.metadata), { backend: 'grpc://test', op: 'ReadAt' });
+      assert.equal(rebuilt.constructor.name, row.clientGets, row.code);
+    }
+  });
+
+  it('maps each host error code as the host table says', async () => {
+    const listed = await hostRows();
+    assert.ok(listed.length >= 20, `the host table has ${listed.length} rows`);
+    for (const row of listed) {
+      const host = Object.assign(new Error(row.code), { code: row.code });
+      assert.equal(nameOf(NbdErrno, nbdErrnoOf(host)).replace(/^NBD_/, ''), row.errno, `${row.code}: NBD errno`);
+      const caused = new errors.BackendError({ backend: 'file', op: 'write' }, 'failed', { cause: host });
+      assert.equal(nameOf(NbdErrno, nbdErrnoOf(caused)).replace(/^NBD_/, ''), row.errno, `${row.code}: NBD errno through a cause`);
+      assert.equal(Status[statusCodeOf(caused)], row.status, `${row.code}: gRPC status`);
     }
   });
 
