@@ -7,19 +7,28 @@
  *     → SyncedReadWriterAt ◄── Puller (pre-copy: every chunk, pullWorkers, pullPriority)
  *     → local cache (the caller's Backend, or memory)
  *   remote reads: the seeder (SeederRemote), through Synced, once per chunk
- *   every per-chunk fact: one ChunkTable
+ *   every per-chunk fact: one ChunkTable; with `statePath`, saved in a CacheState next to the cache
  *
- * open(): Track on the seeder first, then the puller starts: a chunk read before Track reached
- * the seeder could be written there unseen. (The caller attaches its device meanwhile: the
- * device's backend is locked anyway.) finalize(): Sync on the seeder (the application there is suspended and flushed) → the
- * dirty chunks are marked remote in the table → they go to the front of the pull queue → unlock.
- * Reads after the unlock of a chunk not local yet fetch it on demand. Finalize works at any
- * share of the pre-copy (0 %, 50 %, 100 %): the state is per chunk, never a counter.
- * complete(): every chunk local (dirty ones re-pulled) → Close on the seeder. close(): stops
- * the puller and disconnects (after complete(), the seeder has been told; before, it goes on).
+ * open(): Track on the seeder first, then the puller starts: a chunk read before Track reached the
+ * seeder could be written there unseen. (The caller attaches its device meanwhile: the device's
+ * backend is locked anyway.) With `statePath` and a state saved by an earlier leecher of the same
+ * seeder session, the chunks it had pulled are restored, and one round (Dirty since the epoch it
+ * saved) marks those written since remote again before anything is pulled: a leecher killed -9
+ * resumes without pulling again what it had, and without keeping what went stale.
+ * round(): a pre-copy round while the seeder's application runs on: the chunks written since the
+ * last round are marked remote and pulled again first. preCopy() repeats rounds, each once every
+ * chunk is local, until few enough chunks were dirty or the round limit is reached.
+ * finalize(): Sync on the seeder since the last round (its application is suspended and flushed)
+ * → those chunks are marked remote in the table → they go to the front of the pull queue → unlock.
+ * Reads after the unlock of a chunk not local yet fetch it on demand. Finalize works at any share
+ * of the pre-copy (0 %, 50 %, 100 %): the state is per chunk, never a counter.
+ * complete(): every chunk local (dirty ones re-pulled) → Close on the seeder. close(): stops the
+ * puller, saves the state, and disconnects (after complete(), the seeder has been told; before,
+ * it goes on).
  */
 import { EventEmitter } from 'node:events';
 import { ClosedError, UsageError } from '../errors.js';
+import { CacheState } from '../mount/cache-state.js';
 import { silentLogger, type Logger } from '../log.js';
 import { MemoryBackend } from '../backends/memory.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
@@ -46,7 +55,36 @@ export interface LeecherOptions {
   /** Concurrent pulls during pre-copy; 0 = none (every chunk is fetched on demand). Default 16. */
   readonly pullWorkers?: number;
   readonly pullPriority?: PullPriority;
+  /**
+   * The cache file's path, for a leecher that survives kill -9: which chunks are local and the
+   * last round's epoch are saved in `<statePath>.r3map-state` (every `stateIntervalMs`, and on
+   * close), and a leecher started again with the same cache and seeder resumes. Give it only with
+   * a file cache at that path.
+   */
+  readonly statePath?: string;
+  /** With statePath: save this often when something changed; default 1000; 0 = only on close. */
+  readonly stateIntervalMs?: number;
+  /** After finalize() unlocked the device (the destination's application may resume). */
+  readonly onResume?: (result: FinalizeResult) => Promise<void> | void;
   readonly log?: Logger;
+}
+
+export interface PreCopyOptions {
+  /** Most rounds; default 8. */
+  readonly maxRounds?: number;
+  /** Stop once a round found at most this many dirty chunks; default 0 (stop only at maxRounds or a clean round). */
+  readonly dirtyThreshold?: number;
+  /** Stops between rounds (finalize may follow at once). */
+  readonly signal?: AbortSignal;
+}
+
+export interface RoundResult {
+  /** 1 for the first round of this leecher. */
+  readonly round: number;
+  /** Chunks written on the seeder since the previous round (pulled again). */
+  readonly dirtyChunks: number;
+  /** The seeder's epoch this round covers. */
+  readonly epoch: number;
 }
 
 export interface LeecherProgress {
@@ -57,6 +95,8 @@ export interface LeecherProgress {
 export interface LeecherEvents {
   /** A chunk became local. Emitted only while someone listens. */
   progress: [LeecherProgress];
+  /** A pre-copy round ended. */
+  round: [RoundResult];
   error: [unknown];
 }
 
@@ -65,6 +105,10 @@ export interface FinalizeResult {
   readonly dirtyOffsets: readonly number[];
   /** From the Sync request to the unlock, in ms: the application's downtime, less its resume. */
   readonly downtimeMs: number;
+  /** Pre-copy rounds before the Sync. */
+  readonly rounds: number;
+  /** Chunks local when the Sync was asked for, of all. */
+  readonly localChunksAtSync: number;
 }
 
 export class Leecher extends EventEmitter<LeecherEvents> {
@@ -77,6 +121,13 @@ export class Leecher extends EventEmitter<LeecherEvents> {
   readonly #synced: SyncedReadWriterAt;
   readonly #puller: Puller;
   readonly #log: Logger;
+  readonly #options: LeecherOptions;
+  #state: CacheState | undefined;
+  /** The seeder epoch the last round covered (0: none yet: everything since Track). */
+  #since = 0;
+  #rounds = 0;
+  /** Rounds and the Sync run one at a time. */
+  #step: Promise<unknown> = Promise.resolve();
   #finalizing: Promise<FinalizeResult> | undefined;
   #completing: Promise<void> | undefined;
   #closed = false;
@@ -86,6 +137,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const seeder = options.seeder;
     const size = seeder.size;
     this.#seeder = seeder;
+    this.#options = options;
     this.#log = (options.log ?? silentLogger).child({ component: 'leecher', seeder: seeder.uri });
     this.#cache = options.cache ?? new MemoryBackend({ size, chunkSize });
     if (this.#cache.size !== size) throw new UsageError(`the cache has ${this.#cache.size} bytes, the seeder ${size}`);
@@ -108,7 +160,8 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     if (!Number.isSafeInteger(workers) || workers < 0) throw new UsageError(`pullWorkers must be a whole number >= 0, got ${String(workers)}`);
     const leecher = new Leecher(options, chunkSize, workers);
     try {
-      await options.seeder.track();
+      const session = await options.seeder.track();
+      if (options.statePath !== undefined) await leecher.#resume(options.statePath, session);
     } catch (err) {
       await leecher.close();
       throw err;
@@ -117,9 +170,89 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     return leecher;
   }
 
+  /** Loads the state saved for this seeder session; a resumed one gets its catch-up round. */
+  async #resume(statePath: string, session: number): Promise<void> {
+    const identity = { size: this.table.size, chunkSize: this.table.chunkSize, remoteId: `r3map-seeder-session:${session}` };
+    const options = { intervalMs: this.#options.stateIntervalMs ?? 1000, log: this.#log };
+    if (session === 0) this.#log.warn('the seeder names no session (not r3map-seed): a restarted leecher pulls everything again');
+    let state: CacheState;
+    try {
+      state = await CacheState.load(statePath, identity, { ...options, reset: session === 0 });
+    } catch (err) {
+      if (!(err instanceof UsageError) || !err.message.includes('another remote')) throw err;
+      this.#log.warn({ statePath }, 'the saved leecher state is from another seeder session: pulling everything again');
+      state = await CacheState.load(statePath, identity, { ...options, reset: true });
+    }
+    state.restoreInto(this.table);
+    this.#since = state.restored.epoch;
+    await state.open(this.table, () => this.#cache.sync());
+    this.#state = state;
+    if (!state.restored.fresh) {
+      this.#log.info({ localChunks: this.table.localCount, since: this.#since }, 'resuming: asking the seeder what changed since the saved epoch');
+      await this.round();
+    }
+  }
+
   /** Chunks local so far, of all. */
   progress(): LeecherProgress {
     return { localChunks: this.table.localCount, totalChunks: this.table.chunks };
+  }
+
+  /** One pre-copy round: the chunks written on the seeder since the last one are pulled again, first. */
+  round(): Promise<RoundResult> {
+    if (this.#closed) return Promise.reject(new ClosedError('leecher'));
+    if (this.#finalizing !== undefined) return Promise.reject(new UsageError('no pre-copy round after finalize()'));
+    const run = this.#step.then(async () => {
+      const { offsets, epoch } = await this.#seeder.dirty(this.#since);
+      const mine = this.#chunksOf(offsets);
+      this.#synced.markAsRemote(mine);
+      this.#puller.requeue(mine);
+      this.#since = epoch;
+      if (this.#state !== undefined) this.#state.epoch = epoch; // after the marks: see CacheState
+      const result = { round: ++this.#rounds, dirtyChunks: mine.length, epoch };
+      this.#log.info({ ...result, localChunks: this.table.localCount }, 'pre-copy round');
+      this.emit('round', result);
+      return result;
+    });
+    this.#step = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Pre-copy rounds: each waits until every chunk is local, then asks what was written since;
+   * stops after a round with at most `dirtyThreshold` dirty chunks, after `maxRounds`, or on `signal`.
+   */
+  async preCopy(options: PreCopyOptions = {}): Promise<readonly RoundResult[]> {
+    const { maxRounds = 8, dirtyThreshold = 0, signal } = options;
+    const results: RoundResult[] = [];
+    while (results.length < maxRounds && !(signal?.aborted ?? false)) {
+      await this.#untilPulledOr(signal);
+      if (signal?.aborted ?? false) break;
+      const result = await this.round();
+      results.push(result);
+      if (result.dirtyChunks <= dirtyThreshold) break;
+    }
+    return results;
+  }
+
+  /** Resolves once every chunk is local (during pre-copy too), or when `signal` aborts. */
+  async untilPulled(signal?: AbortSignal): Promise<void> {
+    await this.#untilPulledOr(signal);
+  }
+
+  async #untilPulledOr(signal: AbortSignal | undefined): Promise<void> {
+    if (signal === undefined) return this.#puller.whenPulled();
+    if (signal.aborted) return;
+    let onAbort!: () => void;
+    const aborted = new Promise<void>((resolve) => {
+      onAbort = () => resolve();
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([this.#puller.whenPulled(), aborted]);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
   }
 
   /** Sync on the seeder, the dirty chunks remote again and to the front, unlock. Once; later calls share it. */
@@ -145,21 +278,39 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#puller.close();
+    await this.#step;
+    if (this.#state !== undefined) {
+      try {
+        await this.#state.save('full');
+      } catch (err) {
+        this.#log.error({ err }, 'saving the leecher state failed: a restart pulls more again');
+      }
+      await this.#state.close();
+    }
     if (this.#completing === undefined) await this.#seeder.disconnect();
     else await this.#completing.catch(() => this.#seeder.disconnect());
     await this.#cache.close();
   }
 
   async #finalize(): Promise<FinalizeResult> {
+    await this.#step; // a round under way ends first
+    const localChunksAtSync = this.table.localCount;
     const started = performance.now();
-    const dirtyOffsets = await this.#seeder.sync();
-    const chunkSize = this.table.chunkSize;
-    const mine = [...new Set(dirtyOffsets.map((off) => Math.floor(off / chunkSize) * chunkSize))].filter((off) => off < this.table.size);
+    const { offsets } = await this.#seeder.sync(this.#since);
+    const mine = this.#chunksOf(offsets);
     this.#synced.markAsRemote(mine);
     this.#puller.finalize(mine);
     this.#lock.unlock();
     const downtimeMs = performance.now() - started;
-    this.#log.info({ dirtyChunks: mine.length, downtimeMs, localChunks: this.table.localCount, totalChunks: this.table.chunks }, 'finalized: the device is unlocked');
-    return { dirtyOffsets: mine, downtimeMs };
+    const result = { dirtyOffsets: mine, downtimeMs, rounds: this.#rounds, localChunksAtSync };
+    this.#log.info({ dirtyChunks: mine.length, downtimeMs, rounds: this.#rounds, localChunksAtSync, totalChunks: this.table.chunks }, 'finalized: the device is unlocked');
+    await this.#options.onResume?.(result);
+    return result;
+  }
+
+  /** The seeder's dirty offsets as chunk offsets of ours, deduplicated, inside the state. */
+  #chunksOf(offsets: readonly number[]): number[] {
+    const chunkSize = this.table.chunkSize;
+    return [...new Set(offsets.map((off) => Math.floor(off / chunkSize) * chunkSize))].filter((off) => off < this.table.size);
   }
 }

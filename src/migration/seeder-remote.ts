@@ -11,6 +11,7 @@ import { GrpcBackend } from '../backends/grpc.js';
 import { parseBackendUri } from '../backends/uri.js';
 import { EMPTY } from '../rpc/codec.js';
 import { seederDefinition } from '../rpc/definitions.js';
+import type { DirtyChunks } from '../rpc/seeder-service.js';
 
 export class SeederRemote {
   readonly #reader: GrpcBackend;
@@ -48,13 +49,24 @@ export class SeederRemote {
     return this.#reader.uri;
   }
 
-  async track(): Promise<void> {
-    await this.#reader.call(seederDefinition.Track, EMPTY, 'Track', true);
+  /** Starts tracking on the seeder; its session number (0 from a seeder without sessions, e.g. Go r3map). */
+  async track(): Promise<number> {
+    return (await this.#reader.call(seederDefinition.Track, EMPTY, 'Track', true)).session;
   }
 
-  /** Suspends the application on the seeder and returns the chunks written since Track. */
-  async sync(): Promise<readonly number[]> {
-    return (await this.#reader.call(seederDefinition.Sync, EMPTY, 'Sync', false)).dirtyOffsets;
+  /**
+   * A pre-copy round: the chunks written on the seeder after epoch `since` (0: since Track), while
+   * its application runs on. Retried like reads: nothing is cleared, so a repeat is harmless.
+   */
+  async dirty(since: number): Promise<DirtyChunks> {
+    const reply = await this.#reader.call(seederDefinition.Dirty, { since }, 'Dirty', true);
+    return { offsets: reply.dirtyOffsets, epoch: reply.epoch ?? 0 };
+  }
+
+  /** Suspends the application on the seeder and returns the chunks written after epoch `since`. Never retried. */
+  async sync(since = 0): Promise<DirtyChunks> {
+    const reply = await this.#reader.call(seederDefinition.Sync, { since }, 'Sync', false);
+    return { offsets: reply.dirtyOffsets, epoch: reply.epoch ?? 0 };
   }
 
   /** Tells the seeder we are done (it refuses before a Sync), then disconnects. */

@@ -3,20 +3,26 @@
  * it out twice:
  *
  * - `backend`: what the application's device serves. Its writes go through a TrackingReadWriterAt
- *   whose bits live in the seeder's ChunkTable (`tracked`), so after `track()` every chunk the
- *   application writes is known.
+ *   whose epochs live in the seeder's ChunkTable (`tracked`), so after `track()` every chunk the
+ *   application writes is known, and when.
  * - `source`: the Seeder service's logic (rpc/seeder-service.ts SeederSource) for leechers:
- *   ReadAt and Size read the state; Track starts tracking; Sync suspends the application
- *   (`onSuspend`), flushes its device (`flush`) and the backend, and returns (and clears) the chunks
- *   written since Track; Close ends the migration, but only after a Sync: a leecher that dies or
- *   gives up before it synced can never take the seeder, or the application on it, down.
+ *   ReadAt and Size read the state; Track starts tracking and names this seeder's session; Dirty
+ *   (a pre-copy round) returns the chunks written after an epoch while the application runs on;
+ *   Sync suspends the application (`onBeforeSuspend`, `onSuspend`), flushes its device (`flush`)
+ *   and the backend, and returns the chunks written after the epoch the leecher's last round
+ *   covered (`onAfterSync`); Close ends the migration, but only after a Sync: a leecher that dies
+ *   or gives up before it synced can never take the seeder, or the application on it, down.
+ *   Nothing is cleared by a round, so a leecher restarted with its saved epoch asks again.
+ *   After a Sync the seeder refuses Track and a second Sync: its application is suspended and
+ *   belongs to the leecher that finalized.
  *
  * `done` resolves once a leecher closed it after a Sync (the seed command then exits).
  */
+import { randomInt } from 'node:crypto';
 import { MigrationError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { ChunkTable } from '../pipeline/chunk-table.js';
-import { TrackingReadWriterAt } from '../pipeline/tracking.js';
+import { TrackingReadWriterAt, type DirtySince } from '../pipeline/tracking.js';
 import type { Backend } from '../pipeline/types.js';
 import type { SeederSource } from '../rpc/seeder-service.js';
 import { DEFAULT_CHUNK_SIZE, checkChunkSize } from '../util/chunks.js';
@@ -26,10 +32,14 @@ export interface SeederOptions {
   readonly backend: Backend;
   /** The unit of tracking: Sync names written chunks of this size; default DEFAULT_CHUNK_SIZE. */
   readonly chunkSize?: number;
-  /** Sync, first: the application stops writing (the seeder's downtime starts here). */
+  /** Sync, first: told the application is about to be suspended (e.g. to quiesce it). */
+  readonly onBeforeSuspend?: () => Promise<void> | void;
+  /** Sync, then: the application stops writing (the seeder's downtime starts here). */
   readonly onSuspend?: () => Promise<void> | void;
   /** Sync, then: the device's dirty pages reach the backend (a direct mount's fsync). */
   readonly flush?: () => Promise<void>;
+  /** Sync, last: the chunk offsets going to the leecher (a throw fails the Sync). */
+  readonly onAfterSync?: (dirtyOffsets: readonly number[]) => Promise<void> | void;
   readonly log?: Logger;
 }
 
@@ -41,10 +51,13 @@ export class Seeder {
   readonly source: SeederSource;
   /** Resolves once a leecher closed the seeder after a Sync. */
   readonly done: Promise<void>;
+  /** Names this seeder to leechers (TrackReply.Session): a restarted leecher's state is valid only for it. */
+  readonly session = randomInt(1, 2 ** 47);
   readonly #state: Backend;
   readonly #tracking: TrackingReadWriterAt;
   readonly #options: SeederOptions;
   readonly #log: Logger;
+  #syncing: Promise<unknown> | undefined;
   #synced = false;
   #finish!: () => void;
 
@@ -72,10 +85,17 @@ export class Seeder {
       size: state.size,
       readAt: (buf, off) => state.readAt(buf, off),
       track: async () => {
+        if (this.#syncing !== undefined) throw new MigrationError('this seeder was finalized by a leecher already; start a new seeder from the leecher (--seed-after)');
         tracking.track();
-        this.#log.info('a leecher started tracking');
+        this.#log.info({ session: this.session, epoch: tracking.epoch }, 'a leecher started tracking');
+        return this.session;
       },
-      sync: () => this.#sync(),
+      dirty: async (since) => {
+        const round = this.#tracking.dirtySince(since);
+        this.#log.debug({ since, epoch: round.epoch, dirtyChunks: round.offsets.length }, 'pre-copy round');
+        return round;
+      },
+      sync: (since) => this.#sync(since),
       close: () => this.#close(),
     };
   }
@@ -85,15 +105,30 @@ export class Seeder {
     return this.#state.close();
   }
 
-  async #sync(): Promise<readonly number[]> {
+  async #sync(since: number): Promise<DirtySince> {
     if (!this.#tracking.tracking) throw new MigrationError('Sync before Track: the leecher must call Track first, or the dirty list would be incomplete');
+    if (this.#syncing !== undefined) throw new MigrationError('Sync was called already: this seeder is finalized (its application is suspended)');
     const started = performance.now();
-    await this.#options.onSuspend?.();
-    await this.#options.flush?.();
-    await this.#state.sync();
-    const dirty = this.#tracking.sync();
+    const run = (async () => {
+      await this.#options.onBeforeSuspend?.();
+      await this.#options.onSuspend?.();
+      await this.#options.flush?.();
+      await this.#state.sync();
+      const dirty = this.#tracking.dirtySince(since);
+      await this.#options.onAfterSync?.(dirty.offsets);
+      return dirty;
+    })();
+    this.#syncing = run;
+    let dirty: DirtySince;
+    try {
+      dirty = await run;
+    } catch (err) {
+      this.#syncing = undefined; // not finalized: a leecher may try again
+      this.#log.error({ err }, 'Sync failed; the seeder goes on');
+      throw err;
+    }
     this.#synced = true;
-    this.#log.info({ dirtyChunks: dirty.length, ms: performance.now() - started }, 'suspended and synced: the dirty list goes to the leecher');
+    this.#log.info({ dirtyChunks: dirty.offsets.length, since, epoch: dirty.epoch, ms: performance.now() - started }, 'suspended and synced: the dirty list goes to the leecher');
     return dirty;
   }
 

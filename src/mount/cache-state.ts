@@ -10,7 +10,7 @@
  *
  *   0  magic "R3MAPCS1"       8  version u32 (1)     12 header bytes u32 (80)
  *   16 size u64 (lo, hi u32)  24 chunkSize u32      28 chunks u32
- *   32 sequence u64 (lo, hi)  40 sha256(remote id)  72 bitmap bytes u32   76 flags u32 (0)
+ *   32 sequence u64 (lo, hi)  40 sha256(remote id)  72 bitmap bytes u32   76 epoch u32
  *   80 local bitmap, dirty bitmap (bit i = chunk i, LSB first), then sha256 of everything before
  *
  * It saves and loads the stack's ChunkTable, nothing else: local = the `state` column is LOCAL;
@@ -25,6 +25,9 @@
  *   a dirty bit without the local bit was a write never flushed to a chunk the cache did not
  *   hold yet: the chunk is pulled again and that write is dropped, as the NBD contract allows.
  * - Saves never overlap; a save requested during one runs after it with a fresh snapshot.
+ * - `epoch` (0 for managed mounts) is a leecher's: the seeder epoch its last pre-copy round
+ *   covered. It is read with the table's snapshot, in the same synchronous step, so a saved state
+ *   never pairs an epoch with local bits older than the round that produced it.
  */
 import { createHash } from 'node:crypto';
 import { open, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
@@ -70,6 +73,8 @@ export interface RestoredChunks {
   readonly dirty: readonly number[];
   /** Chunks dropped because an unflushed write to them never had their data local. */
   readonly discarded: number;
+  /** The `epoch` saved with them (0 when fresh). */
+  readonly epoch: number;
 }
 
 export type SaveKind = 'full' | 'intent';
@@ -78,6 +83,8 @@ export class CacheState implements WriteGate {
   readonly path: string;
   readonly chunks: number;
   readonly restored: RestoredChunks;
+  /** Saved with every later snapshot (a leecher's last round; see the file comment). A u32. */
+  epoch = 0;
   readonly #identity: CacheStateIdentity;
   readonly #idHash: Buffer;
   readonly #log: Logger;
@@ -100,6 +107,7 @@ export class CacheState implements WriteGate {
   #wantFull = false;
   #interval: NodeJS.Timeout | undefined;
   #closed = false;
+  #durableEpoch = 0;
 
   /** `<cache>.r3map-state` */
   static pathFor(cachePath: string): string {
@@ -156,7 +164,7 @@ export class CacheState implements WriteGate {
     this.#spareLocal = new Uint8Array(this.chunks);
     this.#spareDirty = new Uint8Array(this.chunks);
     this.#sequence = 0;
-    this.restored = Object.freeze({ fresh: true, local: [], dirty: [], discarded: 0 });
+    this.restored = Object.freeze({ fresh: true, local: [], dirty: [], discarded: 0, epoch: 0 });
   }
 
   /** Sets the restored chunks in the table: LOCAL, and dirty where saved so (before any stage runs). */
@@ -181,7 +189,7 @@ export class CacheState implements WriteGate {
       const handle = await open(tmp, 'w', 0o644);
       try {
         this.#sequence = 1;
-        this.#encode(this.#durableLocal, this.#durableDirty, this.#sequence);
+        this.#encode(this.#durableLocal, this.#durableDirty, this.#sequence, this.epoch);
         await handle.truncate(2 * this.#slot.length);
         await handle.write(this.#slot, 0, this.#slot.length, (this.#sequence % 2) * this.#slot.length);
         await handle.datasync();
@@ -262,12 +270,13 @@ export class CacheState implements WriteGate {
       local = this.#spareLocal;
       for (let i = 0; i < this.chunks; i++) local[i] = table.state[i] === ChunkState.LOCAL ? 1 : 0;
     }
+    const epoch = full ? this.epoch : this.#durableEpoch; // with the local bits it belongs to
     this.#savingLocal = local;
     this.#savingDirty = dirty;
     try {
       if (full) await this.#syncCache!();
       const sequence = this.#sequence + 1;
-      this.#encode(local, dirty, sequence);
+      this.#encode(local, dirty, sequence, epoch);
       await this.#handle.write(this.#slot, 0, this.#slot.length, (sequence % 2) * this.#slot.length);
       await this.#handle.datasync();
       this.#sequence = sequence; // only now: a failed save rewrites the same slot, never the good one
@@ -279,6 +288,7 @@ export class CacheState implements WriteGate {
     if (full) {
       this.#spareLocal = this.#durableLocal;
       this.#durableLocal = local;
+      this.#durableEpoch = epoch;
     }
   }
 
@@ -286,7 +296,7 @@ export class CacheState implements WriteGate {
     table.checkGeometry(this.#identity.chunkSize, this.#identity.size, `cache state ${this.path}`);
   }
 
-  #encode(local: Uint8Array, dirty: Uint8Array, sequence: number): void {
+  #encode(local: Uint8Array, dirty: Uint8Array, sequence: number, epoch: number): void {
     const slot = this.#slot.fill(0);
     const bytes = Math.ceil(this.chunks / 8);
     MAGIC.copy(slot, 0);
@@ -298,6 +308,7 @@ export class CacheState implements WriteGate {
     writeU64(slot, 32, sequence);
     this.#idHash.copy(slot, 40);
     slot.writeUInt32LE(bytes, 72);
+    slot.writeUInt32LE(epoch, 76);
     for (let i = 0; i < this.chunks; i++) {
       if (local[i] === 1) slot[HEADER_BYTES + (i >> 3)]! |= 1 << (i & 7);
       if (dirty[i] === 1) slot[HEADER_BYTES + bytes + (i >> 3)]! |= 1 << (i & 7);
@@ -342,7 +353,9 @@ export class CacheState implements WriteGate {
       this.#durableLocal[i] = l;
       this.#durableDirty[i] = d & l;
     }
-    (this as { restored: RestoredChunks }).restored = Object.freeze({ fresh: false, local, dirty, discarded });
+    const epoch = slot.readUInt32LE(76);
+    this.epoch = this.#durableEpoch = epoch;
+    (this as { restored: RestoredChunks }).restored = Object.freeze({ fresh: false, local, dirty, discarded, epoch });
     this.#log.info({ local: local.length, dirty: dirty.length, discarded, chunks: this.chunks }, 'cache state restored');
   }
 }

@@ -16,8 +16,9 @@
  *                into the cache
  *   pull         PullState queued/pulling/     Puller               Puller
  *                stale/pulled
- *   tracked      1 = written since the         TrackingReadWriterAt TrackingReadWriterAt (its
- *                seeder's track() (migration)                      sync() returns and clears them)
+ *   tracked      the seeder's epoch in which    TrackingReadWriterAt TrackingReadWriterAt (its
+ *                the chunk was last written,                       dirtySince(epoch) lists the
+ *                0 = not since track()                             chunks written after an epoch)
  *
  * Counts (`localCount`, `dirtyCount`) are kept by the setters, so they never drift from the
  * columns; `changes` moves on every change worth persisting (CacheState saves when it moved).
@@ -61,7 +62,7 @@ export class ChunkTable {
   readonly unsynced: Uint8Array;
   readonly writing: Uint8Array;
   readonly pull: Uint8Array;
-  readonly tracked: Uint8Array;
+  readonly tracked: Uint32Array;
   #localCount = 0;
   #dirtyCount = 0;
   #changes = 0;
@@ -77,7 +78,7 @@ export class ChunkTable {
     this.unsynced = new Uint8Array(this.chunks);
     this.writing = new Uint8Array(this.chunks);
     this.pull = new Uint8Array(this.chunks);
-    this.tracked = new Uint8Array(this.chunks);
+    this.tracked = new Uint32Array(this.chunks);
   }
 
   /** Chunks whose state is LOCAL. */

@@ -47,8 +47,9 @@ type ChunkState = PullState;
  * the order of `priority`. It calls `source.pull(off)` when the source has it, else reads each
  * chunk into one buffer per worker, reused across chunks.
  *
- * - `finalize(dirtyOffsets)` puts those chunks in front of everything still queued: a pulled one is
- *   pulled again, a queued one is pulled once, one being pulled is pulled again right after.
+ * - `requeue(dirtyOffsets)` (a pre-copy round) and `finalize(dirtyOffsets)` put those chunks in
+ *   front of everything still queued: a pulled one is pulled again, a queued one is pulled once,
+ *   one being pulled is pulled again right after. `whenPulled()` waits until all are pulled.
  * - `wait()` resolves once finalize() was called and every chunk is pulled (dirty ones re-pulled),
  *   rejects with the first error, or with ClosedError if close() came first.
  * - Progress: the 'progress' event, once per pulled chunk. 'error' is emitted only when somebody
@@ -78,6 +79,8 @@ export class Puller extends EventEmitter<PullerEvents> {
   #resolve!: () => void;
   #reject!: (err: unknown) => void;
   #parked: { promise: Promise<void>; wake: () => void } | undefined;
+  #whenPulled: Promise<void> | undefined;
+  #onPulled: (() => void) | undefined;
 
   constructor(source: PullSource, options: PullerOptions) {
     super();
@@ -114,10 +117,13 @@ export class Puller extends EventEmitter<PullerEvents> {
     for (let i = 0; i < workers; i++) void this.#work();
   }
 
-  /** Pulls the chunks at `dirtyOffsets` (again) before anything still queued. Call it once. */
-  finalize(dirtyOffsets: readonly number[]): void {
+  /**
+   * Pulls the chunks at `dirtyOffsets` again, before anything still queued (a pre-copy round): a
+   * pulled one is pulled again, a queued one is pulled once, one being pulled is pulled again right
+   * after. Any number of times, before or after finalize().
+   */
+  requeue(dirtyOffsets: readonly number[]): void {
     if (this.#closed) throw new ClosedError('puller');
-    if (this.#finalized) throw new UsageError('puller finalize() may be called only once');
     const { chunkSize, size } = this.options;
     for (const off of dirtyOffsets) {
       if (off % chunkSize !== 0) throw new MisalignedError(off, chunkSize);
@@ -130,9 +136,27 @@ export class Puller extends EventEmitter<PullerEvents> {
       else if (state === CHUNK.pulled) this.#set(index, CHUNK.queued);
       if (state === CHUNK.queued || state === CHUNK.pulled) this.#front.push(index);
     }
+    this.#wake();
+  }
+
+  /** requeue(dirtyOffsets), and from now on wait() resolves once every chunk is pulled. Call it once. */
+  finalize(dirtyOffsets: readonly number[]): void {
+    if (this.#closed) throw new ClosedError('puller');
+    if (this.#finalized) throw new UsageError('puller finalize() may be called only once');
+    this.requeue(dirtyOffsets);
     this.#finalized = true;
     this.#checkDone();
-    this.#wake();
+  }
+
+  /**
+   * Resolves the next time every chunk is pulled (at once if they are now, or with 0 workers);
+   * rejects like wait() when the puller fails or is closed first. For pre-copy rounds.
+   */
+  whenPulled(): Promise<void> {
+    if (this.options.workers === 0 || this.pulledChunks === this.totalChunks) return Promise.resolve();
+    if (this.#settled || this.#closed) return this.#done.then(() => undefined);
+    this.#whenPulled ??= Promise.race([new Promise<void>((resolve) => (this.#onPulled = resolve)), this.#done]);
+    return this.#whenPulled;
   }
 
   wait(): Promise<void> {
@@ -233,6 +257,11 @@ export class Puller extends EventEmitter<PullerEvents> {
   }
 
   #checkDone(): void {
+    if (this.#onPulled !== undefined && this.pulledChunks === this.totalChunks) {
+      const resolve = this.#onPulled;
+      this.#onPulled = this.#whenPulled = undefined;
+      resolve();
+    }
     if (this.#finalized && (this.options.workers === 0 || this.pulledChunks === this.totalChunks)) this.#settle();
   }
 

@@ -50,9 +50,21 @@ export interface SizeReply {
   readonly size: number;
 }
 
-/** The Seeder's SyncReply. */
+/** The Seeder's SyncReply and DirtyReply. */
 export interface DirtyOffsetsReply {
   readonly dirtyOffsets: readonly number[];
+  /** The last epoch the offsets cover (r3map-seed; 0 from a seeder without epochs). */
+  readonly epoch?: number;
+}
+
+/** The Seeder's SyncArgs and DirtyArgs: the epoch the caller has seen (0 = none: since Track). */
+export interface SinceArgs {
+  readonly since: number;
+}
+
+/** The Seeder's TrackReply: which tracking this is (0 from a seeder without sessions). */
+export interface TrackReply {
+  readonly session: number;
 }
 
 /** Every message without fields: SyncArgs, SyncReply (Backend), SizeArgs, TrackArgs, … */
@@ -201,19 +213,36 @@ export function encodeSizeReply(reply: SizeReply): Buffer {
   return encodeVarintField1(reply.size, 'SizeReply.Size');
 }
 
-/** Packed, as proto3 writes repeated scalars. */
+export function encodeSinceArgs(args: SinceArgs): Buffer {
+  return encodeVarintField1(args.since, 'SyncArgs.Since');
+}
+
+export function encodeTrackReply(reply: TrackReply): Buffer {
+  return encodeVarintField1(reply.session, 'TrackReply.Session');
+}
+
+/** Offsets packed, as proto3 writes repeated scalars; then the epoch. */
 export function encodeDirtyOffsetsReply(reply: DirtyOffsetsReply): Buffer {
   const offsets = reply.dirtyOffsets;
-  if (offsets.length === 0) return EMPTY_BUFFER;
+  const epoch = reply.epoch ?? 0;
+  checkUint(epoch, 'SyncReply.Epoch');
   let body = 0;
   for (const off of offsets) {
     checkUint(off, 'SyncReply.DirtyOffsets');
     body += varintLength(off);
   }
-  const buf = Buffer.allocUnsafe(1 + varintLength(body) + body);
-  buf[0] = TAG_1_BYTES;
-  let pos = writeVarint(buf, 1, body);
-  for (const off of offsets) pos = writeVarint(buf, pos, off);
+  const head = offsets.length === 0 ? 0 : 1 + varintLength(body) + body;
+  const buf = Buffer.allocUnsafe(head + (epoch === 0 ? 0 : 1 + varintLength(epoch)));
+  let pos = 0;
+  if (offsets.length > 0) {
+    buf[0] = TAG_1_BYTES;
+    pos = writeVarint(buf, 1, body);
+    for (const off of offsets) pos = writeVarint(buf, pos, off);
+  }
+  if (epoch !== 0) {
+    buf[pos] = TAG_2_VARINT;
+    writeVarint(buf, pos + 1, epoch);
+  }
   return buf;
 }
 
@@ -282,11 +311,22 @@ export function decodeSizeReply(buf: Buffer): SizeReply {
   return { size: decodeVarintField1(buf, false) };
 }
 
+export function decodeSinceArgs(buf: Buffer): SinceArgs {
+  return { since: decodeVarintField1(buf, false) };
+}
+
+export function decodeTrackReply(buf: Buffer): TrackReply {
+  return { session: decodeVarintField1(buf, false) };
+}
+
 export function decodeDirtyOffsetsReply(buf: Buffer): DirtyOffsetsReply {
   r.begin(buf);
   const dirtyOffsets: number[] = [];
+  let epoch = 0;
   for (let t = r.tag(); t !== -1; t = r.tag()) {
-    if (t === TAG_1_VARINT) {
+    if (t === TAG_2_VARINT) {
+      epoch = r.varint();
+    } else if (t === TAG_1_VARINT) {
       dirtyOffsets.push(r.varint());
     } else if (t === TAG_1_BYTES) {
       const length = r.varint();
@@ -300,7 +340,7 @@ export function decodeDirtyOffsetsReply(buf: Buffer): DirtyOffsetsReply {
       r.skip(t & 7);
     }
   }
-  return { dirtyOffsets };
+  return { dirtyOffsets, epoch };
 }
 
 /** Where P starts in an encoded ReadAtReply, and how long it is. */

@@ -13,7 +13,11 @@ import {
   decodeSizeReply,
   decodeWriteAtArgs,
   decodeWriteAtReply,
+  decodeSinceArgs,
+  decodeTrackReply,
   encodeDirtyOffsetsReply,
+  encodeSinceArgs,
+  encodeTrackReply,
   encodeEmpty,
   encodeReadAtArgs,
   encodeReadAtReply,
@@ -24,7 +28,9 @@ import {
   type Empty,
   type ReadAtArgs,
   type ReadAtReply,
+  type SinceArgs,
   type SizeReply,
+  type TrackReply,
   type WriteAtArgs,
   type WriteAtArgsParts,
   type WriteAtReply,
@@ -64,8 +70,9 @@ export interface BackendDefinition {
 export interface SeederDefinition {
   readonly ReadAt: MethodDefinition<ReadAtArgs, ReadAtReply>;
   readonly Size: MethodDefinition<Empty, SizeReply>;
-  readonly Track: MethodDefinition<Empty, Empty>;
-  readonly Sync: MethodDefinition<Empty, DirtyOffsetsReply>;
+  readonly Track: MethodDefinition<Empty, TrackReply>;
+  readonly Sync: MethodDefinition<SinceArgs, DirtyOffsetsReply>;
+  readonly Dirty: MethodDefinition<SinceArgs, DirtyOffsetsReply>;
   readonly Close: MethodDefinition<Empty, Empty>;
 }
 
@@ -79,7 +86,8 @@ export const backendDefinition: BackendDefinition = Object.freeze({
 export const seederDefinition: SeederDefinition = Object.freeze({
   ReadAt: unary(SEEDER_SERVICE, 'ReadAt', encodeReadAtArgs, decodeReadAtArgs, encodeReadAtReply, decodeReadAtReply),
   Size: unary(SEEDER_SERVICE, 'Size', encodeEmpty, decodeEmpty, encodeSizeReply, decodeSizeReply),
-  Track: unary(SEEDER_SERVICE, 'Track', encodeEmpty, decodeEmpty, encodeEmpty, decodeEmpty),
-  Sync: unary(SEEDER_SERVICE, 'Sync', encodeEmpty, decodeEmpty, encodeDirtyOffsetsReply, decodeDirtyOffsetsReply),
+  Track: unary(SEEDER_SERVICE, 'Track', encodeEmpty, decodeEmpty, encodeTrackReply, decodeTrackReply),
+  Sync: unary(SEEDER_SERVICE, 'Sync', encodeSinceArgs, decodeSinceArgs, encodeDirtyOffsetsReply, decodeDirtyOffsetsReply),
+  Dirty: unary(SEEDER_SERVICE, 'Dirty', encodeSinceArgs, decodeSinceArgs, encodeDirtyOffsetsReply, decodeDirtyOffsetsReply),
   Close: unary(SEEDER_SERVICE, 'Close', encodeEmpty, decodeEmpty, encodeEmpty, decodeEmpty),
 });

@@ -100,7 +100,8 @@ export class GrpcServer {
         ReadAt: this.#unary('Seeder.ReadAt', (req: { length: number; off: number }) => seeder.readAt(req.length, req.off)),
         Size: this.#unary('Seeder.Size', () => seeder.size()),
         Track: this.#unary('Seeder.Track', () => seeder.track()),
-        Sync: this.#unary('Seeder.Sync', () => seeder.sync()),
+        Sync: this.#unary('Seeder.Sync', (req: { since: number }) => seeder.sync(req.since)),
+        Dirty: this.#unary('Seeder.Dirty', (req: { since: number }) => seeder.dirty(req.since)),
         Close: this.#unary('Seeder.Close', () => seeder.close()),
       });
     }

@@ -1,21 +1,30 @@
 /**
- * SeederService: the Seeder service's logic (migration/v1/seeder.proto), knowing no transport.
- * The migration issue supplies the source (a tracking stage over the seeder's device); until then
- * any object of the `SeederSource` shape works. ReadAt is capped and range-checked as in
- * BackendService; Track, Sync (→ the dirty offsets since Track) and Close pass through.
+ * SeederService: the Seeder service's logic (migration/v1/seeder.proto), knowing no transport;
+ * the source is migration/seeder.ts (any object of the `SeederSource` shape works). ReadAt is
+ * capped and range-checked as in BackendService; Since is checked to be a safe integer; Track,
+ * Sync, Dirty and Close pass through.
  */
-import { EMPTY, allocReadAtReply, type DirtyOffsetsReply, type Empty, type ReadAtReply, type SizeReply } from './codec.js';
+import { UsageError } from '../errors.js';
+import { EMPTY, allocReadAtReply, type DirtyOffsetsReply, type Empty, type ReadAtReply, type SizeReply, type TrackReply } from './codec.js';
 import { checkCall, resolveMaxChunkSize } from './backend-service.js';
+
+/** Chunk offsets written after an epoch, and the last epoch they cover. */
+export interface DirtyChunks {
+  readonly offsets: readonly number[];
+  readonly epoch: number;
+}
 
 /** What a seeder exposes to a leecher. */
 export interface SeederSource {
   readonly size: number;
   /** Fills all of `buf` or rejects. */
   readAt(buf: Buffer, off: number): Promise<void>;
-  /** Starts recording written offsets. */
-  track(): Promise<void>;
-  /** Offsets written since `track()` (chunk offsets, deduplicated); stops tracking. */
-  sync(): Promise<readonly number[]>;
+  /** Starts recording written chunks (idempotent); the seeder's session number (never 0). */
+  track(): Promise<number>;
+  /** A pre-copy round: the chunks written after epoch `since` (0: since Track), no suspend. */
+  dirty(since: number): Promise<DirtyChunks>;
+  /** Suspends the application, flushes, and returns the chunks written after epoch `since`. */
+  sync(since: number): Promise<DirtyChunks>;
   /** The leecher is done with this seeder. */
   close(): Promise<void>;
 }
@@ -45,17 +54,27 @@ export class SeederService {
     return Promise.resolve({ size: this.#source.size });
   }
 
-  async track(): Promise<Empty> {
-    await this.#source.track();
-    return EMPTY;
+  async track(): Promise<TrackReply> {
+    return { session: await this.#source.track() };
   }
 
-  async sync(): Promise<DirtyOffsetsReply> {
-    return { dirtyOffsets: await this.#source.sync() };
+  async dirty(since: number): Promise<DirtyOffsetsReply> {
+    const { offsets, epoch } = await this.#source.dirty(checkSince('Dirty', since));
+    return { dirtyOffsets: offsets, epoch };
+  }
+
+  async sync(since: number): Promise<DirtyOffsetsReply> {
+    const { offsets, epoch } = await this.#source.sync(checkSince('Sync', since));
+    return { dirtyOffsets: offsets, epoch };
   }
 
   async close(): Promise<Empty> {
     await this.#source.close();
     return EMPTY;
   }
+}
+
+function checkSince(op: string, since: number): number {
+  if (!Number.isSafeInteger(since) || since < 0) throw new UsageError(`${op}: Since ${since} is not an epoch (a whole number >= 0)`);
+  return since;
 }

@@ -86,7 +86,20 @@ describe('CacheState', () => {
     assert.equal(source.syncs, 1, 'the cache was fdatasynced before the bits were saved');
     await state.close();
     const again = await CacheState.load(cache, identity);
-    assert.deepEqual(again.restored, { fresh: false, local: [0, 1, 5, 20], dirty: [1, 20], discarded: 0 });
+    assert.deepEqual(again.restored, { fresh: false, local: [0, 1, 5, 20], dirty: [1, 20], discarded: 0, epoch: 0 });
+  });
+
+  it('saves the epoch with the local bits of the same snapshot: an intent save keeps the last full one', async () => {
+    const cache = await newCache();
+    const { state, source } = await openState(cache);
+    setLocal(source.table, [3]);
+    state.epoch = 7;
+    await state.save('full');
+    state.epoch = 9;
+    await state.save('intent');
+    await state.close();
+    const again = await CacheState.load(cache, identity);
+    assert.deepEqual([again.restored.local, again.restored.epoch, again.epoch], [[3], 7, 7]);
   });
 
   it('an intent save raises dirty bits but keeps the local bits of the last full save, without a cache fdatasync', async () => {

@@ -109,20 +109,30 @@ describe('SeederService', () => {
       calls,
       size: SIZE,
       readAt: (buf, off) => backend.readAt(buf, off),
-      track: async () => void calls.push('track'),
-      sync: async () => (calls.push('sync'), [0, 4096, 2 ** 40]),
+      track: async () => (calls.push('track'), 77),
+      dirty: async (since) => (calls.push(`dirty ${since}`), { offsets: [4096], epoch: since + 1 }),
+      sync: async (since) => (calls.push(`sync ${since}`), { offsets: [0, 4096, 2 ** 40], epoch: since + 1 }),
       close: async () => void calls.push('close'),
     };
   }
 
-  it('passes Track, Sync and Close to its source and returns the dirty offsets', async () => {
+  it('passes Track, Dirty, Sync and Close to its source and returns the dirty offsets and epochs', async () => {
     const src = source();
     const service = new SeederService(src);
-    await service.track();
-    assert.deepEqual(await service.sync(), { dirtyOffsets: [0, 4096, 2 ** 40] });
+    assert.deepEqual(await service.track(), { session: 77 });
+    assert.deepEqual(await service.dirty(0), { dirtyOffsets: [4096], epoch: 1 });
+    assert.deepEqual(await service.sync(1), { dirtyOffsets: [0, 4096, 2 ** 40], epoch: 2 });
     await service.close();
-    assert.deepEqual(src.calls, ['track', 'sync', 'close']);
+    assert.deepEqual(src.calls, ['track', 'dirty 0', 'sync 1', 'close']);
     assert.deepEqual(await service.size(), { size: SIZE });
+  });
+
+  it('refuses a Since that is not an epoch', async () => {
+    const service = new SeederService(source());
+    for (const bad of [-1, 2 ** 60]) {
+      await assert.rejects(service.dirty(bad), UsageError);
+      await assert.rejects(service.sync(bad), UsageError);
+    }
   });
 
   it('caps and range-checks ReadAt like the Backend service', async () => {

@@ -6,6 +6,8 @@ import { PROJECT_ROOT } from '../support/tools.js';
 import {
   allocReadAtReply,
   decodeDirtyOffsetsReply,
+  decodeSinceArgs,
+  decodeTrackReply,
   decodeEmpty,
   decodeReadAtArgs,
   decodeReadAtReply,
@@ -13,6 +15,8 @@ import {
   decodeWriteAtArgs,
   decodeWriteAtReply,
   encodeDirtyOffsetsReply,
+  encodeSinceArgs,
+  encodeTrackReply,
   encodeEmpty,
   encodeReadAtArgs,
   encodeReadAtReply,
@@ -82,11 +86,17 @@ const cases: Case[] = [
   { name: 'a SizeReply of 0', type: commonType(mount, 'SizeReply'), ours: { size: 0 }, wire: { Size: 0 }, encode: encodeSizeReply, decode: decodeSizeReply },
   { name: 'the Seeder SizeReply', type: commonType(migration, 'SizeReply'), ours: { size: MAX }, wire: { Size: MAX }, encode: encodeSizeReply, decode: decodeSizeReply },
   { name: 'the Seeder ReadAtArgs', type: commonType(migration, 'ReadAtArgs'), ours: { length: 4096, off: BIG }, wire: { Length: 4096, Off: BIG }, encode: encodeReadAtArgs, decode: decodeReadAtArgs },
-  { name: 'a SyncReply with dirty offsets above 2^32', type: migrationType('SyncReply'), ours: { dirtyOffsets: [0, 65536, BIG, MAX] }, wire: { DirtyOffsets: [0, 65536, BIG, MAX] }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
-  { name: 'a SyncReply without dirty offsets', type: migrationType('SyncReply'), ours: { dirtyOffsets: [] }, wire: { DirtyOffsets: [] }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
+  { name: 'a SyncReply with dirty offsets above 2^32', type: migrationType('SyncReply'), ours: { dirtyOffsets: [0, 65536, BIG, MAX], epoch: 0 }, wire: { DirtyOffsets: [0, 65536, BIG, MAX], Epoch: 0 }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
+  { name: 'a SyncReply without dirty offsets', type: migrationType('SyncReply'), ours: { dirtyOffsets: [], epoch: 0 }, wire: { DirtyOffsets: [], Epoch: 0 }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
+  { name: 'a SyncReply with an epoch', type: migrationType('SyncReply'), ours: { dirtyOffsets: [4096], epoch: 300 }, wire: { DirtyOffsets: [4096], Epoch: 300 }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
+  { name: 'a DirtyReply with only an epoch', type: migrationType('DirtyReply'), ours: { dirtyOffsets: [], epoch: 7 }, wire: { DirtyOffsets: [], Epoch: 7 }, encode: encodeDirtyOffsetsReply, decode: decodeDirtyOffsetsReply },
+  { name: 'a SyncArgs with Since', type: migrationType('SyncArgs'), ours: { since: 5 }, wire: { Since: 5 }, encode: encodeSinceArgs, decode: decodeSinceArgs },
+  { name: 'a SyncArgs of a Go leecher (no Since)', type: migrationType('SyncArgs'), ours: { since: 0 }, wire: { Since: 0 }, encode: encodeSinceArgs, decode: decodeSinceArgs },
+  { name: 'a DirtyArgs', type: migrationType('DirtyArgs'), ours: { since: BIG }, wire: { Since: BIG }, encode: encodeSinceArgs, decode: decodeSinceArgs },
+  { name: 'a TrackReply with a session', type: migrationType('TrackReply'), ours: { session: 2 ** 46 + 3 }, wire: { Session: 2 ** 46 + 3 }, encode: encodeTrackReply, decode: decodeTrackReply },
   ...['SyncArgs', 'SyncReply'].map((n) => ({ name: `the empty Backend ${n}`, type: mountType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
   { name: 'the empty shared SizeArgs', type: commonType(mount, 'SizeArgs'), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty },
-  ...['TrackArgs', 'TrackReply', 'SyncArgs', 'CloseArgs', 'CloseReply'].map((n) => ({ name: `the empty Seeder ${n}`, type: migrationType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
+  ...['TrackArgs', 'CloseArgs', 'CloseReply'].map((n) => ({ name: `the empty Seeder ${n}`, type: migrationType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
 ];
 
 describe('codec against protobufjs loading the .proto files', () => {
@@ -157,7 +167,7 @@ describe('codec on the data path', () => {
 
   it('reads repeated offsets written unpacked as well as packed', () => {
     const unpacked = Buffer.from([0x08, 0x80, 0x80, 0x04, 0x08, 0x00, 0x08, 0x05]);
-    assert.deepEqual(decodeDirtyOffsetsReply(unpacked), { dirtyOffsets: [65536, 0, 5] });
+    assert.deepEqual(decodeDirtyOffsetsReply(unpacked), { dirtyOffsets: [65536, 0, 5], epoch: 0 });
   });
 
   const odd = [

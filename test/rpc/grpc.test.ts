@@ -240,17 +240,19 @@ describe('GrpcBackend and GrpcServer', () => {
       seeder: {
         size: SIZE,
         readAt: (buf, off) => memory.readAt(buf, off),
-        track: async () => void calls.push('track'),
-        sync: async () => [4096, 2 ** 40],
+        track: async () => (calls.push('track'), 9),
+        dirty: async (since) => ({ offsets: [8192], epoch: since + 1 }),
+        sync: async (since) => ({ offsets: [4096, 2 ** 40], epoch: since + 1 }),
         close: async () => void calls.push('close'),
       },
     });
     const client = new GrpcClient({ target: { host: '127.0.0.1', port }, channels: 1 });
     cleanups.push(() => client.close());
     assert.deepEqual(await client.call(seederDefinition.Size, EMPTY, 5000), { size: SIZE });
-    await client.call(seederDefinition.Track, EMPTY, 5000);
+    assert.deepEqual(await client.call(seederDefinition.Track, EMPTY, 5000), { session: 9 });
     assert.deepEqual((await client.call(seederDefinition.ReadAt, { length: 64, off: 4096 }, 5000)).p, pattern(64, 5));
-    assert.deepEqual(await client.call(seederDefinition.Sync, EMPTY, 5000), { dirtyOffsets: [4096, 2 ** 40] });
+    assert.deepEqual(await client.call(seederDefinition.Dirty, { since: 0 }, 5000), { dirtyOffsets: [8192], epoch: 1 });
+    assert.deepEqual(await client.call(seederDefinition.Sync, { since: 1 }, 5000), { dirtyOffsets: [4096, 2 ** 40], epoch: 2 });
     await client.call(seederDefinition.Close, EMPTY, 5000);
     assert.deepEqual(calls, ['track', 'close']);
   });
