@@ -1,10 +1,9 @@
-import { rename, rm, writeFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { runCommand, EXIT, type CommandContext } from './run.js';
 import { countArg, durationArg, sizeArg } from '../util/args.js';
 import { DEFAULT_CHUNK_SIZE } from '../util/chunks.js';
 import { formatRate, ProgressLine, RateMeter } from './progress.js';
-import { notifyReady } from './sd-notify.js';
+import { announceAndWait } from './announce.js';
 import { ACCEPTED_BACKEND_URIS } from '../backends/uri.js';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -17,17 +16,14 @@ import { MANAGED_DEFAULTS } from '../mount/managed-options.js';
 import { ManagedPathMount } from '../mount/managed-path.js';
 import { pullPriorityNames, type PullPriorityName } from '../pipeline/pull-priority.js';
 import { formatSize } from '../util/size.js';
-import { TRANSPORTS, transportOfDevice, type Transport } from '../mount/transport.js';
+import { transportOfDevice } from '../mount/transport.js';
+import { addDeviceOptions, type DeviceFlags } from './device-options.js';
 
-interface MountFlags {
+interface MountFlags extends DeviceFlags {
   backend?: string;
   size?: number;
-  device?: string;
   readOnly: boolean;
   chunkSize?: number | 'none';
-  transport: Transport;
-  loopDirectIo: boolean;
-  readyFile?: string;
   disconnect?: string;
   managed: boolean;
   cache: string;
@@ -49,7 +45,7 @@ interface MountFlags {
 const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'hotRangesFile', 'pullFirst', 'pushWorkers', 'pushInterval', 'stateInterval', 'resetCache', 'remoteId', 'statusInterval'] as const;
 
 export function mountCommand(): Command {
-  return new Command('r3map-mount')
+  return addDeviceOptions(new Command('r3map-mount'))
     .description('Attach a backend as a block device and keep it attached in the foreground.\n' +
       'Direct mode (default): every I/O goes to the backend.\n' +
       'Managed mode (--managed): I/O hits a local cache; a puller fills it in the background (starting before the device is up)\n' +
@@ -59,12 +55,8 @@ export function mountCommand(): Command {
       'Managed: a progress bar on stderr when it is a terminal; SIGUSR1 prints a status line (local %, dirty chunks, rates).')
     .option('--backend <uri>', `what to attach: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', `device size (1GiB, 64MiB, 4096), a multiple of ${BLOCK_SIZE}; needed for memory and new files (default: the file's size)`, sizeArg)
-    .option('--device <path>', 'use this /dev/nbdN (transport nbd) or /dev/loopN (transport fuse-loop) (default: the first free one)')
     .option('--read-only', 'refuse writes; the device is read-only', false)
     .addOption(new Option('--chunk-size <bytes|none>', `the unit the backend is read and written in (it only sees whole, aligned chunks); managed: also the unit of pulls, pushes and the cache state (default ${formatSize(DEFAULT_CHUNK_SIZE)}); direct: default none (no chunking layer)`).argParser(chunkSizeArg))
-    .addOption(new Option('--transport <kind>', 'nbd (kernel NBD client), fuse-loop (nbdfuse + losetup, for kernels without nbd) or auto (nbd when /sys/module/nbd or /dev/nbd0 exists)').choices(TRANSPORTS).default('auto'))
-    .option('--no-loop-direct-io', 'fuse-loop: attach the loop device without direct I/O (default: direct I/O on)')
-    .option('--ready-file <path>', 'also write the device path to this file (atomically) when ready; removed on exit')
     .option('--managed', 'managed mode: local cache, background pull and push (the flags below)', false)
     .option('--cache <path>', 'managed: the local cache, a file (kept across runs, crash-safe with <path>.r3map-state) or "memory"', MANAGED_DEFAULTS.cache)
     .addOption(new Option('--pull-workers <n>', 'managed: background pull workers; 0 = no background pull (chunks are fetched when first read)').default(MANAGED_DEFAULTS.pullWorkers).argParser(countArg))
@@ -118,33 +110,6 @@ async function mount(flags: MountFlags, ctx: CommandContext, given: (flag: strin
   }
 }
 
-/**
- * Tells the caller a device is ready (the ready file, one line on stdout, sd_notify READY=1), then
- * waits for a shutdown signal or the device's loss; removes the ready file before it returns.
- */
-async function announceAndWait(
-  path: string,
-  readyFile: string | undefined,
-  closed: Promise<Error | undefined>,
-  { log, signal }: CommandContext,
-): Promise<number> {
-  let written = false;
-  try {
-    if (readyFile !== undefined) {
-      await writeAtomically(readyFile, `${path}\n`);
-      written = true;
-    }
-    process.stdout.write(`${path}\n`);
-    await notifyReady(log);
-    const lost = await Promise.race([untilAborted(signal), closed]);
-    if (lost === undefined) return EXIT.OK;
-    log.error({ err: lost, device: path }, `the device went away: ${lost.message}`);
-    return EXIT.FAILURE;
-  } finally {
-    if (written && readyFile !== undefined) await rm(readyFile, { force: true });
-  }
-}
-
 /** A managed mount always works in chunks: 'none' is a direct-mount spelling. */
 function managedChunkSize(chunkSize: number | 'none' | undefined): number {
   if (chunkSize === 'none') throw new UsageError(`--chunk-size none is for direct mounts: a managed mount pulls, pushes and caches whole chunks (default ${formatSize(MANAGED_DEFAULTS.chunkSize)})`);
@@ -163,17 +128,6 @@ async function disconnect(device: string, log: Logger): Promise<number> {
   log.info({ device, status }, `${device}: ${status}`);
   process.stdout.write(`${status}\n`);
   return EXIT.OK;
-}
-
-function untilAborted(signal: AbortSignal): Promise<undefined> {
-  if (signal.aborted) return Promise.resolve(undefined);
-  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(undefined), { once: true }));
-}
-
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, text);
-  await rename(tmp, path);
 }
 
 /**

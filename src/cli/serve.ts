@@ -7,14 +7,10 @@ import { NbdServer, type NbdExport } from '../nbd/server.js';
 import { parseListenAddress } from '../nbd/listen-address.js';
 import { UsageError } from '../errors.js';
 import type { Backend } from '../pipeline/types.js';
-import type { Logger } from '../log.js';
-import { GrpcServer, checkListenerSecurity, type GrpcServerTls } from '../rpc/grpc-server.js';
-import { GRPC_LISTEN_FORMS, parseGrpcListenUri, type GrpcAddress } from '../rpc/grpc-address.js';
-import { DEFAULT_MAX_CHUNK_SIZE } from '../rpc/backend-service.js';
-import { BearerToken } from '../rpc/bearer-token.js';
-import { readPemFile } from '../rpc/pem-file.js';
+import { GrpcServer } from '../rpc/grpc-server.js';
+import { addGrpcListenOptions, grpcServerSecurity, grpcSetup, type GrpcListenFlags } from './grpc-listen.js';
 
-interface ServeFlags {
+interface ServeFlags extends GrpcListenFlags {
   backend: string;
   size?: number;
   nbdListen: string[];
@@ -24,17 +20,10 @@ interface ServeFlags {
   readOnly: boolean;
   maxPayload: number;
   maxInFlight: number;
-  listen: string[];
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsClientCa?: string;
-  tokenFile?: string;
-  insecure: boolean;
-  maxChunkSize: number;
 }
 
 export function serveCommand(): Command {
-  return new Command('r3map-serve')
+  return addGrpcListenOptions(new Command('r3map-serve')
     .description('Serve a backend over gRPC (the r3map Backend service) and NBD at once.\n' +
       'Prints one line per listener on stdout when ready (a grpc://, grpcs://, grpc+unix://, nbd:// or nbd+unix:// URI), logs to stderr;\n' +
       'SIGTERM stops accepting, finishes in-flight calls, syncs the backend and exits 0.\n' +
@@ -47,41 +36,12 @@ export function serveCommand(): Command {
     .addOption(new Option('--export <name=uri>', 'an extra named export, repeatable (--size applies unless the URI has ?size=; --read-only applies)').default([], 'none').argParser(collect))
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
-    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg))
-    .addOption(new Option('--listen <uri>', `gRPC listener, repeatable: ${GRPC_LISTEN_FORMS}`).default([], 'none').argParser(collect))
-    .option('--tls-cert <path>', 'PEM certificate chain for grpcs:// listeners')
-    .option('--tls-key <path>', 'PEM private key for --tls-cert')
-    .option('--tls-client-ca <path>', 'PEM CA bundle: grpcs:// clients must present a certificate it signed (mutual TLS)')
-    .option('--token-file <path>', 'gRPC calls must carry "authorization: Bearer <the file\'s content>"')
-    .option('--insecure', 'allow plaintext grpc:// on TCP (grpc+unix:// is always plaintext)', false)
-    .addOption(new Option('--max-chunk-size <bytes>', 'most bytes one gRPC ReadAt or WriteAt may move').default(DEFAULT_MAX_CHUNK_SIZE, '32MiB').argParser(sizeArg));
-}
-
-interface GrpcSetup {
-  readonly addresses: readonly GrpcAddress[];
-  readonly tls?: GrpcServerTls;
-  readonly token?: BearerToken;
-}
-
-/** Parses and checks the gRPC flags and reads their files, before any backend is opened. */
-async function grpcSetup(flags: ServeFlags, log: Logger): Promise<GrpcSetup> {
-  const addresses = flags.listen.map((uri) => parseGrpcListenUri(uri));
-  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
-  if (flags.tlsClientCa !== undefined && flags.tlsCert === undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
-  const tls = flags.tlsCert === undefined || flags.tlsKey === undefined ? undefined : {
-    cert: await readPemFile(flags.tlsCert, '--tls-cert'),
-    key: await readPemFile(flags.tlsKey, '--tls-key'),
-    ...(flags.tlsClientCa !== undefined ? { clientCa: await readPemFile(flags.tlsClientCa, '--tls-client-ca') } : {}),
-  };
-  for (const address of addresses) checkListenerSecurity(address, { tls, insecure: flags.insecure });
-  if (tls !== undefined && !addresses.some((a) => a.scheme === 'grpcs')) log.warn('--tls-cert is given but no grpcs:// listener uses it');
-  const token = flags.tokenFile === undefined ? undefined : await BearerToken.fromFile(flags.tokenFile);
-  if (token !== undefined && flags.nbdListen.length > 0) log.warn('--token-file guards the gRPC listeners only; NBD clients are not asked for it');
-  return { addresses, ...(tls !== undefined ? { tls } : {}), ...(token !== undefined ? { token } : {}) };
+    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg)), 'gRPC listener');
 }
 
 async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promise<number> {
   const grpcFlags = await grpcSetup(flags, log);
+  if (grpcFlags.token !== undefined && flags.nbdListen.length > 0) log.warn('--token-file guards the gRPC listeners only; NBD clients are not asked for it');
   const opened: Backend[] = [];
   let closeFailed = false;
   // --size applies to every export whose URI does not carry its own ?size=.
@@ -110,12 +70,9 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
     // gRPC serves the first export (the Backend service has no export names).
     const grpcServer = grpcFlags.addresses.length === 0 ? undefined : new GrpcServer({
       backend: exports[0]!.backend,
-      maxChunkSize: flags.maxChunkSize,
       readOnly: flags.readOnly,
-      insecure: flags.insecure,
       log,
-      ...(grpcFlags.tls !== undefined ? { tls: grpcFlags.tls } : {}),
-      ...(grpcFlags.token !== undefined ? { token: grpcFlags.token } : {}),
+      ...grpcServerSecurity(flags, grpcFlags),
     });
     try {
       for (const address of grpcFlags.addresses) {

@@ -126,6 +126,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
   /** The seeder epoch the last round covered (0: none yet: everything since Track). */
   #since = 0;
   #rounds = 0;
+  #fetchedBytes = 0;
   /** Rounds and the Sync run one at a time. */
   #step: Promise<unknown> = Promise.resolve();
   #finalizing: Promise<FinalizeResult> | undefined;
@@ -145,7 +146,14 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const onChunkIsLocal = (): void => {
       if (this.listenerCount('progress') > 0) this.emit('progress', { localChunks: this.table.localCount, totalChunks: this.table.chunks });
     };
-    this.#synced = new SyncedReadWriterAt(seeder.backend, this.#cache, { chunkSize, size, table: this.table, onChunkIsLocal });
+    const remote = seeder.backend;
+    const counted = {
+      readAt: async (buf: Buffer, off: number): Promise<void> => {
+        await remote.readAt(buf, off);
+        this.#fetchedBytes += buf.length;
+      },
+    };
+    this.#synced = new SyncedReadWriterAt(counted, this.#cache, { chunkSize, size, table: this.table, onChunkIsLocal });
     this.#lock = new LockableReadWriterAt(this.#synced);
     this.#lock.lock();
     this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, () => this.#cache.sync());
@@ -196,6 +204,16 @@ export class Leecher extends EventEmitter<LeecherEvents> {
   /** Chunks local so far, of all. */
   progress(): LeecherProgress {
     return { localChunks: this.table.localCount, totalChunks: this.table.chunks };
+  }
+
+  /** Bytes read from the seeder so far (pre-copy, re-pulls and demand reads). */
+  get fetchedBytes(): number {
+    return this.#fetchedBytes;
+  }
+
+  /** Pre-copy rounds so far. */
+  get rounds(): number {
+    return this.#rounds;
   }
 
   /** One pre-copy round: the chunks written on the seeder since the last one are pulled again, first. */

@@ -34,3 +34,11 @@ export function countArg(value: string): number {
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
 }
+
+/** commander argParser for a share: `95%`, `95`, `100%` → 0.95, 0.95, 1. */
+export function percentArg(value: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*%?\s*$/.exec(value);
+  const n = match === null ? NaN : Number(match[1]);
+  if (!(n >= 0 && n <= 100)) throw new InvalidArgumentError(`'${value}' is not a share from 0% to 100%`);
+  return n / 100;
+}
