@@ -127,6 +127,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
   #since = 0;
   #rounds = 0;
   #fetchedBytes = 0;
+  #onAllLocal: (() => void) | undefined;
   /** Rounds and the Sync run one at a time. */
   #step: Promise<unknown> = Promise.resolve();
   #finalizing: Promise<FinalizeResult> | undefined;
@@ -144,6 +145,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     if (this.#cache.size !== size) throw new UsageError(`the cache has ${this.#cache.size} bytes, the seeder ${size}`);
     this.table = new ChunkTable({ chunkSize, size });
     const onChunkIsLocal = (): void => {
+      if (this.#onAllLocal !== undefined && this.table.localCount === this.table.chunks) this.#onAllLocal();
       if (this.listenerCount('progress') > 0) this.emit('progress', { localChunks: this.table.localCount, totalChunks: this.table.chunks });
     };
     const remote = seeder.backend;
@@ -285,6 +287,10 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     this.#completing ??= (async () => {
       await this.finalize();
       await this.#puller.wait();
+      if (this.table.localCount < this.table.chunks) {
+        // no pull workers: the chunks become local only as they are read
+        await new Promise<void>((resolve) => (this.#onAllLocal = resolve));
+      }
       await this.#seeder.close();
       this.#log.info({ chunks: this.table.chunks }, 'every chunk is local; the seeder was told it may go');
     })();

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { MigrationError } from '../../src/errors.js';
+import { FileBackend } from '../../src/backends/file.js';
 import { MemoryBackend } from '../../src/backends/memory.js';
 import { Leecher } from '../../src/migration/leecher.js';
 import { Seeder } from '../../src/migration/seeder.js';
@@ -148,6 +149,110 @@ describe('migration: Seeder → Leecher over gRPC', () => {
       await rig.seeder.backend.readAt(buf, 0);
       assert.deepEqual(buf, rig.content.subarray(0, chunkSize));
       assert.deepEqual(rig.events, [], 'no suspend without a Sync');
+    } finally {
+      await rig.stop();
+    }
+  });
+});
+
+describe('migration: pre-copy rounds and resuming', () => {
+  it('rounds pull again what the application wrote meanwhile, so the final Sync carries only the last writes', async () => {
+    const rig = await seed();
+    const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 4 });
+    try {
+      const model = Buffer.from(rig.content);
+      const write = async (index: number): Promise<void> => {
+        const data = randomBytes(chunkSize);
+        data.copy(model, index * chunkSize);
+        await rig.seeder.backend.writeAt(data, index * chunkSize);
+      };
+      await leecher.untilPulled();
+      for (const i of [3, 9, 30]) await write(i);
+      const rounds: number[] = [];
+      leecher.on('round', (r) => rounds.push(r.dirtyChunks));
+      const first = await leecher.round();
+      assert.deepEqual([first.round, first.dirtyChunks, first.epoch], [1, 3, 1]);
+      await write(50);
+      const more = await leecher.preCopy({ maxRounds: 3 });
+      assert.deepEqual(more.map((r) => r.dirtyChunks), [1, 0], 'the second round found nothing: pre-copy stops');
+      await write(60);
+      const result = await leecher.finalize();
+      assert.deepEqual(result.dirtyOffsets, [60 * chunkSize], 'the Sync returns only what no round has');
+      assert.equal(result.rounds, 3);
+      assert.deepEqual(rounds, [3, 1, 0]);
+      assert.deepEqual(await readAll(leecher.backend), model);
+      await leecher.complete();
+      await assert.rejects(leecher.round(), /no pre-copy round after finalize/);
+    } finally {
+      await leecher.close();
+      await rig.stop();
+    }
+  });
+
+  it('a leecher started again with the same file cache pulls only what it lacked or what was written since', async () => {
+    const rig = await seed();
+    const cachePath = path.join(dir, `cache-${++n}.img`);
+    const cacheOf = () => FileBackend.open(cachePath, { size });
+    try {
+      const first = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      await first.untilPulled();
+      await first.round();
+      await first.close(); // saves the state, as the interval save before a kill -9 would
+      const model = Buffer.from(rig.content);
+      for (const i of [0, 1, 33]) {
+        const data = randomBytes(chunkSize);
+        data.copy(model, i * chunkSize);
+        await rig.seeder.backend.writeAt(data, i * chunkSize);
+      }
+      const second = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      try {
+        assert.equal(second.rounds, 1, 'the catch-up round ran at open');
+        await second.complete();
+        assert.equal(second.fetchedBytes, 3 * chunkSize, 'only the three chunks written since were pulled again');
+        assert.deepEqual(await readAll(second.backend), model);
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await rig.stop();
+    }
+  });
+
+  it('a saved state from another seeder session is discarded: everything is pulled again', async () => {
+    const cachePath = path.join(dir, `cache-${++n}.img`);
+    const one = await seed();
+    try {
+      const first = await Leecher.open({ seeder: await SeederRemote.open(one.uri), cache: await FileBackend.open(cachePath, { size }), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      await first.untilPulled();
+      await first.close();
+    } finally {
+      await one.stop();
+    }
+    const two = await seed();
+    try {
+      const second = await Leecher.open({ seeder: await SeederRemote.open(two.uri), cache: await FileBackend.open(cachePath, { size }), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      try {
+        await second.complete();
+        assert.equal(second.fetchedBytes, size);
+        assert.deepEqual(await readAll(second.backend), two.content);
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await two.stop();
+    }
+  });
+
+  it('after a Sync the seeder refuses a second leecher with a clear error', async () => {
+    const rig = await seed();
+    try {
+      const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 4 });
+      await leecher.finalize();
+      const late = await SeederRemote.open(rig.uri);
+      await assert.rejects(late.track(), (err: Error) => err instanceof MigrationError && /finalized by a leecher already/.test(err.message));
+      await late.disconnect();
+      await leecher.complete();
+      await leecher.close();
     } finally {
       await rig.stop();
     }

@@ -1,0 +1,92 @@
+/**
+ * r3map-seed and r3map-leech as processes, for the host CLI tests (fuse-loop) and the kernel
+ * suite (nbd): start them, read what they print, and the live writer the ext4 tests migrate
+ * (checksummed records appended and fsynced, the last acknowledged one in a file).
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { start, type Running, type StartOptions } from './mount-cli.js';
+import { PROJECT_ROOT, runTool, type RunResult } from './tools.js';
+
+export const SEED_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-seed.js');
+export const LEECH_BIN = path.join(PROJECT_ROOT, 'bin', 'r3map-leech.js');
+
+/** A running r3map-seed: its device and the first listener URI (its second line). */
+export type Seeding = Running & { readonly device: string; readonly uri: string };
+
+export async function startSeed(args: readonly string[], options: StartOptions = {}): Promise<Seeding> {
+  const r = await start(SEED_BIN, args, options);
+  const deadline = performance.now() + 10_000;
+  while (r.stdout().split('\n').length < 3 && performance.now() < deadline) await sleep(20);
+  const uri = r.stdout().split('\n')[1] ?? '';
+  assert.match(uri, /^grpc/, `r3map-seed printed no listener URI\nstderr: ${r.stderr().slice(-2000)}`);
+  return Object.assign(r, { device: r.line, uri });
+}
+
+/** Starts r3map-leech; resolves once it printed the device path (after finalize). */
+export async function startLeech(args: readonly string[], options: StartOptions = {}): Promise<Running & { readonly device: string }> {
+  const r = await start(LEECH_BIN, args, options);
+  return Object.assign(r, { device: r.line });
+}
+
+export function runLeech(args: readonly string[], env?: NodeJS.ProcessEnv, timeoutMs = 60_000): Promise<RunResult> {
+  return runTool(process.execPath, [LEECH_BIN, ...args], { timeoutMs, ...(env !== undefined ? { env } : {}) });
+}
+
+export function runSeed(args: readonly string[], env?: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<RunResult> {
+  return runTool(process.execPath, [SEED_BIN, ...args], { timeoutMs, ...(env !== undefined ? { env } : {}) });
+}
+
+/** The JSON line r3map-leech --json printed. */
+export function leechSummary(stdout: string): { downtimeMs: number; fetchedBytes: number; bytes: number; rounds: number; dirtyChunksAtSync: number } {
+  const line = stdout.split('\n').find((l) => l.startsWith('{'));
+  assert.ok(line !== undefined, `no JSON line in ${JSON.stringify(stdout)}`);
+  return JSON.parse(line) as ReturnType<typeof leechSummary>;
+}
+
+export function waitForLines(r: Running, lines: number, timeoutMs = 60_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  return (async () => {
+    while (r.stdout().split('\n').length <= lines) {
+      if (performance.now() > deadline) throw new Error(`fewer than ${lines} lines within ${timeoutMs} ms: ${JSON.stringify(r.stdout())}\nstderr: ${r.stderr().slice(-3000)}`);
+      await sleep(25);
+    }
+  })();
+}
+
+function record(i: number): string {
+  const seq = String(i).padStart(8, '0');
+  return `${seq} ${createHash('sha1').update(seq).digest('hex')}`;
+}
+
+/**
+ * Writes `<dir>/writer.sh`: run as `writer.sh MOUNTPOINT ACKFILE`, it appends records to
+ * MOUNTPOINT/log in batches of 8, fsyncs each batch, then writes the last record number to
+ * ACKFILE; between batches it rewrites one of 20 blobs of 256 KiB (fsynced) to dirty more chunks.
+ */
+export async function writeWriterScript(dir: string): Promise<string> {
+  const script = path.join(dir, 'writer.sh');
+  await writeFile(script, `#!/bin/bash
+f=$1/log; ack=$2; i=0
+while :; do
+  for j in 1 2 3 4 5 6 7 8; do i=$((i+1)); s=$(printf '%08d' $i); printf '%s %s\\n' $s $(printf '%s' $s | sha1sum | cut -c1-40) >> $f; done
+  sync $f && echo $i > $ack.tmp && mv $ack.tmp $ack
+  dd if=/dev/urandom of=$1/blob.$((i % 20)) bs=64k count=4 conv=fsync status=none
+done
+`);
+  await chmod(script, 0o755);
+  return script;
+}
+
+/** Every record up to the acknowledged one is in `logFile`, byte for byte; returns how many there are. */
+export async function checkRecords(logFile: string, ackFile: string): Promise<{ records: number; acknowledged: number }> {
+  const acknowledged = Number((await readFile(ackFile, 'utf8')).trim());
+  const lines = (await readFile(logFile, 'utf8')).split('\n').filter((l) => l !== '');
+  assert.ok(acknowledged > 0, 'the writer acknowledged nothing');
+  assert.ok(lines.length >= acknowledged, `${lines.length} records, but ${acknowledged} were acknowledged`);
+  lines.forEach((line, i) => assert.equal(line, record(i + 1), `record ${i + 1}`));
+  return { records: lines.length, acknowledged };
+}
