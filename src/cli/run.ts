@@ -68,15 +68,3 @@ function exitCodeOf(err: unknown, name: string, log: Logger): number {
   process.stderr.write(`${name}: ${message}\n`);
   return EXIT.FAILURE;
 }
-
-/** For commands whose issue has not landed yet: say so, exit 2. */
-export function notImplemented(name: string, issue: string): Command {
-  return new Command(name)
-    .description(`(not implemented yet: arrives with ${issue}; exits 2)`)
-    .allowUnknownOption(true)
-    .allowExcessArguments(true)
-    .action(() => {
-      process.stderr.write(`${name}: not implemented yet (arrives with ${issue})\n`);
-      process.exit(EXIT.USAGE);
-    });
-}

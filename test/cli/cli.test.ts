@@ -23,11 +23,11 @@ for (const command of ['r3map-serve', 'r3map-mount', 'r3map-seed', 'r3map-leech'
   });
 }
 
-for (const command of ['r3map-seed', 'r3map-leech']) {
-  test(`${command} says it is not implemented yet and exits 2`, () => {
+for (const [command, message] of [['r3map-seed', /--backend/], ['r3map-leech', /--from/]] as const) {
+  test(`${command} without its required flag says which and exits 2`, () => {
     const r = run(command, []);
     assert.equal(r.status, 2);
-    assert.match(r.stderr, /not implemented yet/);
+    assert.match(r.stderr, message);
   });
 }
 
