@@ -6,6 +6,7 @@ import { deviceScenario } from '../bench/mount-device.js';
 import { mountScenario } from '../bench/mount.js';
 import { backendsScenario } from '../bench/backends.js';
 import { uffdScenario } from '../bench/uffd.js';
+import { migrationScenario } from '../bench/migration.js';
 
 /** Every scenario, one line each: `r3map-bench <name>`. */
 const SCENARIOS: readonly BenchScenario[] = [
@@ -14,6 +15,7 @@ const SCENARIOS: readonly BenchScenario[] = [
   mountScenario,
   backendsScenario,
   uffdScenario,
+  migrationScenario,
 ];
 
 export interface BenchProgram {
