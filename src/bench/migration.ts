@@ -19,8 +19,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { Command, Option } from 'commander';
-import { countArg, sizeArg } from '../util/args.js';
-import { UsageError } from '../errors.js';
+import { countArg, listArg, sizeArg } from '../util/args.js';
 import { MemoryBackend } from '../backends/memory.js';
 import { Leecher } from '../migration/leecher.js';
 import { Seeder } from '../migration/seeder.js';
@@ -166,22 +165,14 @@ async function stopAndCopy(dir: string, size: number, rttMs: number, pullWorkers
   }
 }
 
-function list(what: string, parse: (v: string) => number) {
-  return (value: string): number[] => {
-    const items = value.split(',').map((v) => parse(v.trim()));
-    if (items.length === 0 || items.some((x) => !Number.isFinite(x) || x < 0)) throw new UsageError(`${what}: expected a comma-separated list, got '${value}'`);
-    return items;
-  };
-}
-
 export const migrationScenario: BenchScenario = {
   name: 'migration',
   command: () =>
     new Command('migration')
       .description('live migration downtime (suspend → first read on the destination) against stop-and-copy over the same simulated RTT, same run; with and without pre-copy rounds')
-      .addOption(new Option('--sizes <list>', 'state sizes').default(undefined, '64MiB,1GiB; --quick: 64MiB,256MiB').argParser(list('--sizes', sizeArg)))
-      .addOption(new Option('--rtt <ms,...>', 'simulated round trips in ms').default(undefined, '0,5,25; --quick: 0,5').argParser(list('--rtt', Number)))
-      .addOption(new Option('--dirty <share,...>', 'share of chunks written during pre-copy (0.01 = 1 %)').default(undefined, '0.01,0.1').argParser(list('--dirty', Number)))
+      .addOption(new Option('--sizes <list>', 'state sizes').default(undefined, '64MiB,1GiB; --quick: 64MiB,256MiB').argParser(listArg('--sizes', sizeArg)))
+      .addOption(new Option('--rtt <ms,...>', 'simulated round trips in ms').default(undefined, '0,5,25; --quick: 0,5').argParser(listArg('--rtt')))
+      .addOption(new Option('--dirty <share,...>', 'share of chunks written during pre-copy (0.01 = 1 %)').default(undefined, '0.01,0.1').argParser(listArg('--dirty')))
       .addOption(new Option('--pull-workers <n>', 'pull workers (and stop-and-copy\'s copy workers)').default(64).argParser(countArg))
       .option('--quick', 'a smaller run: 64MiB and 256MiB, RTT 0 and 5 ms', false)
       .option('--json', 'print one JSON object instead of a table', false),

@@ -22,7 +22,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { countArg, durationArg, sizeArg } from '../util/args.js';
+import { countArg, durationArg, listArg, sizeArg } from '../util/args.js';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MemoryBackend } from '../backends/memory.js';
@@ -86,20 +86,14 @@ export interface HeuristicCell {
 const HEURISTIC_WORKERS = 64;
 const MB = 1e6;
 
-const list = (what: string) => (value: string): number[] => {
-  const items = value.split(',').map((v) => Number(v.trim()));
-  if (items.length === 0 || items.some((n) => !Number.isFinite(n) || n < 0)) throw new UsageError(`${what}: expected numbers >= 0 separated by commas, got '${value}'`);
-  return items;
-};
-
 export const mountScenario: BenchScenario = {
   name: 'mount',
   command: () =>
     new Command('mount')
       .description('direct vs managed mounts at simulated RTTs: read/write MB/s and first-read latency through the NBD server (userspace NbdClient, no kernel), plus the pull heuristic on the last block')
       .addOption(new Option('--size <bytes>', 'the remote resource').default(undefined, '512MiB; --quick: 64MiB').argParser(sizeArg))
-      .addOption(new Option('--rtt <ms,...>', 'simulated round trips in ms').default(undefined, '0,1,5,10,25; --quick: 0,5,10').argParser(list('--rtt')))
-      .addOption(new Option('--pull-workers <n,...>', 'managed: pull worker counts').default([1, 64, 512], '1,64,512').argParser(list('--pull-workers')))
+      .addOption(new Option('--rtt <ms,...>', 'simulated round trips in ms').default(undefined, '0,1,5,10,25; --quick: 0,5,10').argParser(listArg('--rtt')))
+      .addOption(new Option('--pull-workers <n,...>', 'managed: pull worker counts').default([1, 64, 512], '1,64,512').argParser(listArg('--pull-workers')))
       .addOption(new Option('--block-size <bytes>', 'bytes per read/write request (128KiB: a sequential read with the kernel\'s default readahead)').default(128 * 1024, '128KiB').argParser(sizeArg))
       .addOption(new Option('--iodepth <n>', 'requests in flight').default(1).argParser(countArg))
       .addOption(new Option('--cell-time <duration>', 'cap on each read and write phase').default(undefined, '5s; --quick: 2s').argParser(durationArg))

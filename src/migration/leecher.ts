@@ -246,7 +246,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const { maxRounds = 8, dirtyThreshold = 0, signal } = options;
     const results: RoundResult[] = [];
     while (results.length < maxRounds && !(signal?.aborted ?? false)) {
-      await this.#untilPulledOr(signal);
+      await this.untilPulled(signal);
       if (signal?.aborted ?? false) break;
       const result = await this.round();
       results.push(result);
@@ -257,10 +257,6 @@ export class Leecher extends EventEmitter<LeecherEvents> {
 
   /** Resolves once every chunk is local (during pre-copy too), or when `signal` aborts. */
   async untilPulled(signal?: AbortSignal): Promise<void> {
-    await this.#untilPulledOr(signal);
-  }
-
-  async #untilPulledOr(signal: AbortSignal | undefined): Promise<void> {
     if (signal === undefined) return this.#puller.whenPulled();
     if (signal.aborted) return;
     let onAbort!: () => void;

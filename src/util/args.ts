@@ -1,7 +1,7 @@
 /** commander argument parsers shared by every command and r3map-bench (one clear message for a bad flag value). */
 import { InvalidArgumentError } from 'commander';
 import { parseDurationMs, parseSize } from './size.js';
-import { R3mapError } from '../errors.js';
+import { R3mapError, UsageError } from '../errors.js';
 
 /** commander argParser for byte sizes: `--size 1GiB`. */
 export function sizeArg(value: string): number {
@@ -41,4 +41,13 @@ export function percentArg(value: string): number {
   const n = match === null ? NaN : Number(match[1]);
   if (!(n >= 0 && n <= 100)) throw new InvalidArgumentError(`'${value}' is not a share from 0% to 100%`);
   return n / 100;
+}
+
+/** commander argParser for comma-separated lists of numbers >= 0 (`--rtt 0,5,25`), each through `parse`. */
+export function listArg(what: string, parse: (value: string) => number = Number): (value: string) => number[] {
+  return (value) => {
+    const items = value.split(',').map((v) => parse(v.trim()));
+    if (items.length === 0 || items.some((n) => !Number.isFinite(n) || n < 0)) throw new UsageError(`${what}: expected numbers >= 0 separated by commas, got '${value}'`);
+    return items;
+  };
 }

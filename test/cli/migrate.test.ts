@@ -7,12 +7,12 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { leftoversUnder, requireFuseLoop } from '../support/fuse-loop.js';
 import { cleanUpMountDir, mountEnv } from '../support/mount-cli.js';
-import { LEECH_BIN, checkRecords, leechSummary, runLeech, runSeed, startLeech, startSeed, waitForLines, writeWriterScript } from '../support/migrate-cli.js';
+import { LEECH_BIN, checkRecords, leechSummary, runLeech, runSeed, startLeech, startSeed, waitForLines, liveWriter } from '../support/migrate-cli.js';
 import { makeTempDir, requireTool, runOk, runTool } from '../support/tools.js';
 
 const MIB = 1024 * 1024;
@@ -42,22 +42,13 @@ async function writeDevice(device: string, data: Buffer, offMiB = 0): Promise<vo
 describe('r3map-seed → r3map-leech through fuse-loop', () => {
   test('an ext4 filesystem with a live writer moves: fsck is clean and every acknowledged record is there', async (t) => {
     if (!requireFuseLoop(t) || !requireTool(t, 'mkfs.ext4') || !requireTool(t, 'fsck.ext4')) return;
-    const writer = await writeWriterScript(dir);
-    const mnt = path.join(dir, 'src-fs');
-    const mnt2 = path.join(dir, 'dst-fs');
-    const ack = path.join(dir, 'ack');
-    const pidFile = path.join(dir, 'writer.pid');
-    await mkdir(mnt, { recursive: true });
-    await mkdir(mnt2, { recursive: true });
-    const onSuspend = `kill $(cat ${pidFile}); while kill -0 $(cat ${pidFile}) 2>/dev/null; do sleep 0.05; done; umount ${mnt}`;
+    const { mnt, mnt2, ack, onSuspend, start: startWriter } = await liveWriter(dir);
     const seeder = await startSeed(['--backend', `file://${path.join(dir, 'src.img')}`, '--size', '128MiB', '--listen', sock('seed'), '--on-suspend', onSuspend], opts());
     let leecher: Awaited<ReturnType<typeof startLeech>> | undefined;
     try {
       await runOk('mkfs.ext4', ['-q', '-F', seeder.device]);
       await runOk('mount', [seeder.device, mnt]);
-      const child = spawn(writer, [mnt, ack], { stdio: 'ignore' });
-      await writeFile(pidFile, `${child.pid}\n`);
-      while ((await stat(ack).catch(() => undefined)) === undefined) await sleep(50);
+      await startWriter();
       leecher = await startLeech(['--from', seeder.uri, '--cache', path.join(dir, 'dst.img'), '--finalize-after-rounds', '3', '--json'], opts());
       await waitForLines(leecher, 2);
       const summary = leechSummary(leecher.stdout());

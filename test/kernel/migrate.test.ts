@@ -7,15 +7,13 @@
  * test/cli/migrate.test.ts.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, stat, writeFile } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { makeTempDir, runOk, runTool } from '../support/tools.js';
 import { requireNbd } from './support.js';
 import { assertNbdFree, cleanUpMountDir, mountEnv } from '../support/mount-cli.js';
-import { checkRecords, leechSummary, startLeech, startSeed, waitForLines, writeWriterScript } from '../support/migrate-cli.js';
+import { checkRecords, leechSummary, startLeech, startSeed, waitForLines, liveWriter } from '../support/migrate-cli.js';
 
 const START_TIMEOUT_MS = 300_000;
 const SUITE_TIMEOUT_MS = 900_000;
@@ -36,14 +34,7 @@ const opts = { env: mountEnv(), startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs:
 describe('r3map-seed → r3map-leech through the kernel NBD client', { timeout: SUITE_TIMEOUT_MS }, () => {
   test('ext4 with a live writer moves; fsck is clean and every acknowledged record is there; nothing stays attached', async (t) => {
     if (!requireNbd(t)) return;
-    const writer = await writeWriterScript(dir);
-    const mnt = path.join(dir, 'src-fs');
-    const mnt2 = path.join(dir, 'dst-fs');
-    const ack = path.join(dir, 'ack');
-    const pidFile = path.join(dir, 'writer.pid');
-    await mkdir(mnt, { recursive: true });
-    await mkdir(mnt2, { recursive: true });
-    const onSuspend = `kill $(cat ${pidFile}); while kill -0 $(cat ${pidFile}) 2>/dev/null; do sleep 0.05; done; umount ${mnt}`;
+    const { mnt, mnt2, ack, onSuspend, start: startWriter } = await liveWriter(dir);
     const seeder = await startSeed(['--backend', `file://${path.join(dir, 'src.img')}`, '--size', '64MiB', '--transport', 'nbd', '--device', DEVICES.seed,
       '--listen', `grpc+unix://${path.join(dir, 'seed.sock')}`, '--on-suspend', onSuspend], opts);
     let leecher: Awaited<ReturnType<typeof startLeech>> | undefined;
@@ -51,10 +42,7 @@ describe('r3map-seed → r3map-leech through the kernel NBD client', { timeout: 
       assert.equal(seeder.device, DEVICES.seed);
       await runOk('mkfs.ext4', ['-q', '-F', seeder.device]);
       await runOk('mount', [seeder.device, mnt]);
-      const child = spawn(writer, [mnt, ack], { stdio: 'ignore' });
-      children.add(child);
-      await writeFile(pidFile, `${child.pid}\n`);
-      while ((await stat(ack).catch(() => undefined)) === undefined) await sleep(50);
+      children.add(await startWriter());
       leecher = await startLeech(['--from', seeder.uri, '--cache', path.join(dir, 'dst.img'), '--transport', 'nbd', '--device', DEVICES.leech,
         '--finalize-after-rounds', '2', '--json'], opts);
       assert.equal(leecher.device, DEVICES.leech);

@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { start, type Running, type StartOptions } from './mount-cli.js';
@@ -89,4 +90,35 @@ export async function checkRecords(logFile: string, ackFile: string): Promise<{ 
   assert.ok(lines.length >= acknowledged, `${lines.length} records, but ${acknowledged} were acknowledged`);
   lines.forEach((line, i) => assert.equal(line, record(i + 1), `record ${i + 1}`));
   return { records: lines.length, acknowledged };
+}
+
+/** The ext4 live-writer rig of a migration test: paths, and the --on-suspend that stops the writer and unmounts. */
+export interface LiveWriter {
+  /** Where the seeder's device is mounted, and the leecher's. */
+  readonly mnt: string;
+  readonly mnt2: string;
+  readonly ack: string;
+  readonly onSuspend: string;
+  /** Starts the writer on `mnt`; resolves once it acknowledged its first batch. */
+  start(): Promise<ChildProcess>;
+}
+
+export async function liveWriter(dir: string): Promise<LiveWriter> {
+  const writer = await writeWriterScript(dir);
+  const mnt = path.join(dir, 'src-fs');
+  const mnt2 = path.join(dir, 'dst-fs');
+  const ack = path.join(dir, 'ack');
+  const pidFile = path.join(dir, 'writer.pid');
+  await mkdir(mnt, { recursive: true });
+  await mkdir(mnt2, { recursive: true });
+  const onSuspend = `kill $(cat ${pidFile}); while kill -0 $(cat ${pidFile}) 2>/dev/null; do sleep 0.05; done; umount ${mnt}`;
+  return {
+    mnt, mnt2, ack, onSuspend,
+    start: async () => {
+      const child = spawn(writer, [mnt, ack], { stdio: 'ignore' });
+      await writeFile(pidFile, `${child.pid}\n`);
+      while ((await stat(ack).catch(() => undefined)) === undefined) await sleep(50);
+      return child;
+    },
+  };
 }
