@@ -45,15 +45,12 @@ const FINALIZE_SIGNALS = ['SIGUSR1', 'SIGUSR2', 'SIGHUP'] as const;
 
 export function leechCommand(): Command {
   const cmd = new Command('r3map-leech')
-    .description('The destination of a live migration: pull the state from a seeder (r3map-seed) into a local cache while the\n' +
-      'application runs on at the source, then finalize: the seeder suspends the application and sends what it wrote,\n' +
-      'the device here unlocks, and whatever is not local yet is fetched on first read, ahead of the background pull.\n' +
-      'Prints the device path (stdout, --ready-file, sd_notify READY=1) once the device is usable; then the downtime\n' +
-      'and totals on stderr (and as one JSON line on stdout with --json) once every chunk is local.\n' +
-      'Keeps the device attached until SIGTERM; with --seed-after it then serves it to the next leecher and exits 0\n' +
-      'once that one is done. SIGTERM before finalizing leaves the seeder running; with a file cache, running the\n' +
-      'same command again resumes (chunks pulled before are not pulled again).')
-    .requiredOption('--from <uri>', 'the seeder: grpc://host:port, grpcs://host:port?ca-file=…&cert-file=…&key-file=…, grpc+unix:///path; ?token-file=…')
+    .description([
+      'The destination of a live migration: pull the state from a seeder (r3map-seed) into a local cache while the application runs on at the source, then finalize: the seeder suspends the application and sends what it wrote, the device here unlocks, and whatever is not local yet is fetched on first read, ahead of the background pull.',
+      'Prints the device path (stdout, --ready-file, sd_notify READY=1) once the device is usable; then the downtime and totals on stderr (and as one JSON line on stdout with --json) once every chunk is local.',
+      'Keeps the device attached until SIGTERM; with --seed-after it then serves it to the next leecher and exits 0 once that one is done. SIGTERM before finalizing leaves the seeder running; with a file cache, running the same command again resumes (chunks pulled before are not pulled again).',
+    ].join('\n\n'))
+    .requiredOption('--from <uri>', 'the seeder: grpc://host:port, grpcs://host:port?ca=…&cert=…&key=…, grpc+unix:///path; ?token-file=…')
     .option('--cache <path|memory>', 'where the state lands: a file (created with the seeder\'s size; crash-safe with <path>.r3map-state) or memory', 'memory')
     .addOption(new Option('--chunk-size <bytes>', 'must equal the seeder\'s --chunk-size').default(DEFAULT_CHUNK_SIZE, formatSize(DEFAULT_CHUNK_SIZE)).argParser(sizeArg))
     .addOption(new Option('--pull-workers <n>', 'concurrent background pulls; 0 = none (every chunk is fetched when first read)').default(16).argParser(countArg))

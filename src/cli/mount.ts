@@ -46,13 +46,11 @@ const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'hotRangesFile', '
 
 export function mountCommand(): Command {
   return addDeviceOptions(new Command('r3map-mount'))
-    .description('Attach a backend as a block device and keep it attached in the foreground.\n' +
-      'Direct mode (default): every I/O goes to the backend.\n' +
-      'Managed mode (--managed): I/O hits a local cache; a puller fills it in the background (starting before the device is up)\n' +
-      'and a pusher writes changed chunks back to the backend (the remote).\n' +
-      'Prints the device path (one line on stdout) when the device is ready; logs to stderr.\n' +
-      'SIGTERM/SIGINT flush (managed: push every dirty chunk), detach and exit 0; a second signal exits at once.\n' +
-      'Managed: a progress bar on stderr when it is a terminal; SIGUSR1 prints a status line (local %, dirty chunks, rates).')
+    .description([
+      'Attach a backend as a block device and keep it attached in the foreground. Direct mode (default): every I/O goes to the backend. Managed mode (--managed): I/O hits a local cache; a puller fills it in the background (starting before the device is up) and a pusher writes changed chunks back to the backend (the remote).',
+      'Prints the device path (one line on stdout) when the device is ready; logs to stderr. SIGTERM/SIGINT flush (managed: push every dirty chunk), detach and exit 0; a second signal exits at once.',
+      'Managed: a progress bar on stderr when it is a terminal; SIGUSR1 prints a status line (local %, dirty chunks, rates).',
+    ].join('\n\n'))
     .option('--backend <uri>', `what to attach: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', `device size (1GiB, 64MiB, 4096), a multiple of ${BLOCK_SIZE}; needed for memory and new files (default: the file's size)`, sizeArg)
     .option('--read-only', 'refuse writes; the device is read-only', false)

@@ -21,12 +21,11 @@ interface SeedFlags extends GrpcListenFlags, DeviceFlags, SeedHookFlags {
 
 export function seedCommand(): Command {
   const cmd = new Command('r3map-seed')
-    .description('The source of a live migration: attach a backend as a block device for the application, and serve it to a\n' +
-      'leecher (r3map-leech) over gRPC, recording every chunk the application writes.\n' +
-      'Prints the device path (first line on stdout, --ready-file, sd_notify READY=1), then one line per listener URI.\n' +
-      'When a leecher finalizes: --on-before-suspend, --on-suspend (stop the application), the device is flushed,\n' +
-      '--on-after-sync, and the written chunks go to the leecher. Exits 0 once a leecher has every chunk, or on SIGTERM.\n' +
-      'A leecher that dies or gives up before it finalized never stops the seeder.')
+    .description([
+      'The source of a live migration: attach a backend as a block device for the application, and serve it to a leecher (r3map-leech) over gRPC, recording every chunk the application writes.',
+      'Prints the device path (first line on stdout, --ready-file, sd_notify READY=1), then one line per listener URI.',
+      'When a leecher finalizes: --on-before-suspend, --on-suspend (stop the application), the device is flushed, --on-after-sync, and the written chunks go to the leecher. Exits 0 once a leecher has every chunk, or on SIGTERM. A leecher that dies or gives up before it finalized never stops the seeder.',
+    ].join('\n\n'))
     .requiredOption('--backend <uri>', `the state to migrate: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', 'size of the state; needed for memory and new files', sizeArg)
     .addOption(new Option('--chunk-size <bytes>', 'the unit of tracking; the leecher must use the same').default(DEFAULT_CHUNK_SIZE, formatSize(DEFAULT_CHUNK_SIZE)).argParser(sizeArg));

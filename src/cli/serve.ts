@@ -24,10 +24,10 @@ interface ServeFlags extends GrpcListenFlags {
 
 export function serveCommand(): Command {
   return addGrpcListenOptions(new Command('r3map-serve')
-    .description('Serve a backend over gRPC (the r3map Backend service) and NBD at once.\n' +
-      'Prints one line per listener on stdout when ready (a grpc://, grpcs://, grpc+unix://, nbd:// or nbd+unix:// URI), logs to stderr;\n' +
-      'SIGTERM stops accepting, finishes in-flight calls, syncs the backend and exits 0.\n' +
-      'Without --listen and --nbd-listen it serves NBD on 127.0.0.1:10809.')
+    .description([
+      'Serve a backend over gRPC (the r3map Backend service) and NBD at once.',
+      'Prints one line per listener on stdout when ready (a grpc://, grpcs://, grpc+unix://, nbd:// or nbd+unix:// URI), logs to stderr; SIGTERM stops accepting, finishes in-flight calls, syncs the backend and exits 0. Without --listen and --nbd-listen it serves NBD on 127.0.0.1:10809.',
+    ].join('\n\n'))
     .requiredOption('--backend <uri>', `what to serve: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', 'size of the resource (1GiB, 512MiB, 4096); needed for memory and new files', sizeArg)
     .addOption(new Option('--nbd-listen <address>', 'NBD listener, repeatable: host:port, [::1]:port, unix:/path').default([], '127.0.0.1:10809').argParser(collect))

@@ -24,8 +24,10 @@
  * EventEmitter 'error' is thrown when nobody listens), and a failed fetch that a thread is
  * blocked on kills the process with SIGKILL after one line on stderr (see the worker).
  *
- * close(): stops prefetch and lets the copies in flight finish (up to `closeTimeoutMs`), stops
- * the handler, makes the region inaccessible (PROT_NONE), unregisters it (a thread still blocked
+ * close(): stops prefetch and lets the copies in flight finish (up to `closeTimeoutMs`), keeps
+ * serving faults for CLOSE_GRACE_MS more (a thread that a copy woke must still run the access it
+ * faulted on, and the scheduler may not have let it yet: tearing down at once would kill the
+ * process with SIGSEGV under load), stops the handler, makes the region inaccessible (PROT_NONE), unregisters it (a thread still blocked
  * then dies with SIGSEGV instead of reading zeros), closes the userfaultfd and unmaps. Touching
  * the buffer after close() kills the process (SIGSEGV).
  */
@@ -105,6 +107,8 @@ const POLL_TIMEOUT_MS = 250;
 /** Longest the idle handler's event loop waits between turns (its plain poll). */
 const SYNC_POLL_MS = 50;
 const STOP_TIMEOUT_MS = 5000;
+/** After the last copy at close(), how long faults are still served before the teardown (ms). */
+const CLOSE_GRACE_MS = 50;
 const OPEN_BACKEND_MODULE = new URL('../mount/compose.js', import.meta.url).href;
 
 function count(value: number | undefined, fallback: number, name: string): number {
@@ -295,6 +299,7 @@ export class UffdMap {
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     const alive = worker.threadId !== -1;
     if (alive && !(await this.#drain())) this.#log.warn({ closeTimeoutMs: this.#closeTimeoutMs }, 'faults still in flight at close; tearing down anyway');
+    if (alive) await sleep(CLOSE_GRACE_MS); // the woken threads finish their access (see the file comment)
     const errors: unknown[] = [];
     const attempt = (what: string, fn: () => void): void => {
       try {

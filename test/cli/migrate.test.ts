@@ -13,7 +13,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { leftoversUnder, requireFuseLoop } from '../support/fuse-loop.js';
 import { cleanUpMountDir, mountEnv } from '../support/mount-cli.js';
 import { LEECH_BIN, checkRecords, leechSummary, runLeech, runSeed, startLeech, startSeed, waitForLines, liveWriter } from '../support/migrate-cli.js';
-import { makeTempDir, requireTool, runOk, runTool } from '../support/tools.js';
+import { makeTestCerts } from '../support/nbd-certs.js';
+import { makeTempDir, removeDir, requireTool, runOk, runTool } from '../support/tools.js';
 
 const MIB = 1024 * 1024;
 let dir: string;
@@ -161,6 +162,36 @@ describe('r3map-seed → r3map-leech through fuse-loop', () => {
       assert.equal(await l.stop(), 0, l.stderr().slice(-2000));
       await a.stop();
     }
+  });
+
+  test('grpcs with mutual TLS and a token: the state moves; a leecher without a client certificate is refused', async (t) => {
+    if (!requireFuseLoop(t) || !requireTool(t, 'openssl') || !requireTool(t, 'dd')) return;
+    const certs = await makeTestCerts(await makeTempDir('r3map-migrate-certs-'));
+    const token = path.join(dir, 'tls-token');
+    await writeFile(token, 'a-token-for-tls\n');
+    const a = await startSeed(['--backend', 'memory', '--size', '16MiB', '--listen', 'grpcs://127.0.0.1:0', '--tls-cert', certs.serverCert,
+      '--tls-key', certs.serverKey, '--tls-client-ca', certs.ca, '--token-file', token], opts());
+    let l: Awaited<ReturnType<typeof startLeech>> | undefined;
+    try {
+      assert.match(a.uri, /^grpcs:\/\/127\.0\.0\.1:\d+$/);
+      const data = randomBytes(16 * MIB);
+      await writeDevice(a.device, data);
+      const noCert = await runLeech(['--from', `${a.uri}?ca=${certs.ca}&token-file=${token}`, '--connect-timeout', '3s'], mountEnv(dir));
+      assert.equal(noCert.code, 1, noCert.stderr);
+      assert.match(noCert.stderr, /^r3map-leech: .*(cannot reach|refused)/m);
+      assert.doesNotMatch(noCert.stderr, /\n\s+at /, 'no stack trace');
+      const from = `${a.uri}?ca=${certs.ca}&cert=${certs.clientCert}&key=${certs.clientKey}&token-file=${token}`;
+      l = await startLeech(['--from', from, '--finalize-at', '100%', '--json'], opts());
+      await waitForLines(l, 2);
+      assert.equal(leechSummary(l.stdout()).bytes, 16 * MIB);
+      assert.deepEqual(await deviceBytes(l.device, 16 * MIB), data);
+      assert.equal(await a.stop('SIGCONT'), 0, 'the seeder exits 0 once its leecher is done');
+    } finally {
+      if (l !== undefined) assert.equal(await l.stop(), 0, l.stderr().slice(-2000));
+      await a.stop();
+      await removeDir(certs.dir);
+    }
+    assert.deepEqual(await leftoversUnder(dir), []);
   });
 
   test('bad input: one clear line, a non-zero exit, nothing attached, the seeder unharmed', async (t) => {
