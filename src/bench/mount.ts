@@ -47,6 +47,7 @@ interface MountBenchFlags {
   iodepth: number;
   cellTime?: number;
   heuristicDelay: number;
+  pullMaxQueue: number;
   quick: boolean;
   json: boolean;
 }
@@ -59,6 +60,7 @@ interface Settings {
   readonly iodepth: number;
   readonly cellTimeMs: number;
   readonly heuristicDelayMs: number;
+  readonly pullMaxQueueMs: number;
 }
 
 export interface MountCell {
@@ -102,6 +104,7 @@ export const mountScenario: BenchScenario = {
       .addOption(new Option('--iodepth <n>', 'requests in flight').default(1).argParser(countArg))
       .addOption(new Option('--cell-time <duration>', 'cap on each read and write phase').default(undefined, '5s; --quick: 2s').argParser(durationArg))
       .addOption(new Option('--heuristic-delay <duration>', 'pull heuristic: also read the last block this long after the mount is ready (the time a kernel attach, a filesystem mount or an app start takes)').default(50, '50ms').argParser(durationArg))
+      .addOption(new Option('--pull-max-queue <duration>', 'managed: the queueing the background pull may add in front of reads (r3map-mount --pull-max-queue); 0 = every worker in flight').default(MANAGED_DEFAULTS.pullMaxQueueMs, '1ms').argParser(durationArg))
       .option('--quick', 'a smaller run: 256MiB, RTT 0,5,10, 2 s phases', false)
       .option('--json', 'print one JSON object instead of a table', false),
   run: (options, ctx) => runMountBench(options as unknown as MountBenchFlags, ctx),
@@ -116,6 +119,7 @@ function settings(flags: MountBenchFlags): Settings {
     iodepth: flags.iodepth,
     cellTimeMs: flags.cellTime ?? (flags.quick ? 2000 : 5000),
     heuristicDelayMs: flags.heuristicDelay,
+    pullMaxQueueMs: flags.pullMaxQueue,
   });
   if (s.size % s.blockSize !== 0 || s.blockSize % 4096 !== 0) throw new UsageError(`--size ${s.size} must be a multiple of --block-size ${s.blockSize}, itself a multiple of 4096`);
   if (!Number.isSafeInteger(s.iodepth) || s.iodepth < 1) throw new UsageError(`--iodepth must be at least 1, got ${s.iodepth}`);
@@ -157,7 +161,7 @@ async function runMountBench(flags: MountBenchFlags, { log, signal }: BenchConte
       loadAverage: { before: loadBefore, after: os.loadavg() },
       parameters: {
         sizeBytes: s.size, blockSize: s.blockSize, iodepth: s.iodepth, cellTimeMs: s.cellTimeMs, rttsMs: s.rttsMs, pullWorkers: s.pullWorkers,
-        heuristicPullWorkers: HEURISTIC_WORKERS, heuristicDelayMs: s.heuristicDelayMs,
+        heuristicPullWorkers: HEURISTIC_WORKERS, heuristicDelayMs: s.heuristicDelayMs, pullMaxQueueMs: s.pullMaxQueueMs,
         chunkSize: MANAGED_DEFAULTS.chunkSize, pushWorkers: MANAGED_DEFAULTS.pushWorkers, pushIntervalMs: MANAGED_DEFAULTS.pushIntervalMs, cache: 'memory',
         via: 'library stacks, NbdServer on a Unix socket, userspace NbdClient in the same process (no kernel)', remote: 'memory, random data, LatencyBackend',
       },
@@ -214,7 +218,7 @@ interface Opened {
 
 let socketSeq = 0;
 
-async function openMount(remote: Backend, rttMs: number, pullWorkers: number, priority: PullPriorityName, dir: string, log: Logger): Promise<Opened> {
+async function openMount(remote: Backend, rttMs: number, pullWorkers: number, priority: PullPriorityName, pullMaxQueueMs: number, dir: string, log: Logger): Promise<Opened> {
   const socket = path.join(dir, `nbd-${++socketSeq}.sock`);
   if (pullWorkers === 0) {
     const served = await serve(new LatencyBackend(borrowed(remote), { readLatencyMs: rttMs, writeLatencyMs: rttMs }), socket, log);
@@ -226,14 +230,14 @@ async function openMount(remote: Backend, rttMs: number, pullWorkers: number, pr
     client = served.client;
     return { path: socket, transport: 'nbd', closed: served.client.closed(), flush: () => served.client.flush(), close: () => served.close() };
   };
-  const mount = new ManagedPathMount({ remote: borrowed(remote), cache: 'memory', pullWorkers, pullPriority: priority, latencyMs: rttMs, log }, attach);
+  const mount = new ManagedPathMount({ remote: borrowed(remote), cache: 'memory', pullWorkers, pullPriority: priority, pullMaxQueueMs, latencyMs: rttMs, log }, attach);
   mount.events.on('error', (err) => log.error({ err }, 'managed mount background failure'));
   await mount.open();
   return { client: client!, sync: () => mount.sync(), close: () => mount.close() };
 }
 
 async function measureCell(remote: Backend, s: Settings, rttMs: number, pullWorkers: number, dir: string, log: Logger, signal: AbortSignal): Promise<MountCell> {
-  const m = await openMount(remote, rttMs, pullWorkers, 'ascending', dir, log);
+  const m = await openMount(remote, rttMs, pullWorkers, 'ascending', s.pullMaxQueueMs, dir, log);
   try {
     const first = Buffer.allocUnsafe(s.blockSize);
     let t = performance.now();
@@ -280,7 +284,7 @@ async function sequential(client: NbdClient, op: 'read' | 'write', s: Settings, 
 
 /** Not measured: the first cell would otherwise pay for JIT warm-up and lazy module state. */
 async function warmUp(remote: Backend, dir: string, log: Logger): Promise<void> {
-  const m = await openMount(remote, 0, 0, 'ascending', dir, log);
+  const m = await openMount(remote, 0, 0, 'ascending', MANAGED_DEFAULTS.pullMaxQueueMs, dir, log);
   try {
     const buf = Buffer.allocUnsafe(128 * 1024);
     for (let off = 0; off + buf.length <= Math.min(remote.size, 32 * 1024 * 1024); off += buf.length) await m.client.readAt(buf, off);
@@ -290,7 +294,7 @@ async function warmUp(remote: Backend, dir: string, log: Logger): Promise<void> 
 }
 
 async function lastBlockFirstRead(remote: Backend, s: Settings, rttMs: number, priority: PullPriorityName, delayMs: number, dir: string, log: Logger): Promise<number> {
-  const m = await openMount(remote, rttMs, HEURISTIC_WORKERS, priority, dir, log);
+  const m = await openMount(remote, rttMs, HEURISTIC_WORKERS, priority, s.pullMaxQueueMs, dir, log);
   try {
     if (delayMs > 0) await sleep(delayMs);
     const buf = Buffer.allocUnsafe(s.blockSize);
@@ -336,7 +340,7 @@ function render(report: { machine: ReturnType<typeof machineInfo>; loadAverage: 
   const load = (l: number[]): string => l.map((v) => v.toFixed(2)).join(' ');
   const head = [
     `r3map-bench mount: direct vs managed, ${formatSize(s.size)} remote (memory + LatencyBackend), ${formatSize(s.blockSize)} requests, iodepth ${s.iodepth}, phases capped at ${s.cellTimeMs} ms`,
-    'through NbdServer on a Unix socket and the userspace NbdClient (no kernel); managed: memory cache, 64 KiB chunks, ascending pull',
+    `through NbdServer on a Unix socket and the userspace NbdClient (no kernel); managed: memory cache, 64 KiB chunks, ascending pull, pull max queue ${s.pullMaxQueueMs} ms`,
     `node ${machine.node}, kernel ${machine.kernel}, ${machine.cpus}x ${machine.cpu}; load average before ${load(report.loadAverage.before)}, after ${load(report.loadAverage.after)}`,
     '',
   ];

@@ -29,6 +29,7 @@ interface LeechFlags extends GrpcListenFlags, DeviceFlags, SeedHookFlags {
   chunkSize: number;
   pullWorkers: number;
   pullPriority: PullPriorityName;
+  pullMaxQueue: number;
   finalizeAt?: number;
   finalizeOn?: string;
   finalizeAfterRounds?: number;
@@ -55,6 +56,7 @@ export function leechCommand(): Command {
     .addOption(new Option('--chunk-size <bytes>', 'must equal the seeder\'s --chunk-size').default(DEFAULT_CHUNK_SIZE, formatSize(DEFAULT_CHUNK_SIZE)).argParser(sizeArg))
     .addOption(new Option('--pull-workers <n>', 'concurrent background pulls; 0 = none (every chunk is fetched when first read)').default(16).argParser(countArg))
     .addOption(new Option('--pull-priority <order>', 'the order of the background pull').choices(pullPriorityNames).default('ascending'))
+    .addOption(new Option('--pull-max-queue <duration>', 'after finalize: how long the background pull may make a read of the device wait (fewer pulls in flight when more would only queue); 0 = every pull worker in flight; before finalize every worker pulls').default(1, '1ms').argParser(durationArg))
     .addOption(new Option('--finalize-at <share>', 'finalize once this share of the chunks is local (0% = at once)').argParser(percentArg).default(undefined, '100%'))
     .addOption(new Option('--finalize-on <signal>', 'finalize when this signal arrives').choices(FINALIZE_SIGNALS))
     .addOption(new Option('--finalize-after-rounds <n>', 'pre-copy rounds (each once every chunk is local: the chunks written since are pulled again), then finalize').argParser(countArg))
@@ -126,6 +128,7 @@ async function leech(flags: LeechFlags, ctx: CommandContext, given: (flag: strin
       chunkSize: flags.chunkSize,
       pullWorkers: flags.pullWorkers,
       pullPriority: pullPriorityByName(flags.pullPriority),
+      pullMaxQueueMs: flags.pullMaxQueue,
       log,
     });
     const failed = new Promise<never>((_, reject) => leecher!.once('error', reject));

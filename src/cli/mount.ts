@@ -29,6 +29,7 @@ interface MountFlags extends DeviceFlags {
   cache: string;
   pullWorkers: number;
   pullPriority: PullPriorityName;
+  pullMaxQueue: number;
   hotRangesFile?: string;
   pullFirst: boolean;
   pushWorkers: number;
@@ -42,7 +43,7 @@ interface MountFlags extends DeviceFlags {
 }
 
 /** Flags that mean something only with --managed (their attribute names). */
-const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'hotRangesFile', 'pullFirst', 'pushWorkers', 'pushInterval', 'stateInterval', 'resetCache', 'remoteId', 'statusInterval'] as const;
+const MANAGED_ONLY = ['cache', 'pullWorkers', 'pullPriority', 'pullMaxQueue', 'hotRangesFile', 'pullFirst', 'pushWorkers', 'pushInterval', 'stateInterval', 'resetCache', 'remoteId', 'statusInterval'] as const;
 
 export function mountCommand(): Command {
   return addDeviceOptions(new Command('r3map-mount'))
@@ -59,6 +60,7 @@ export function mountCommand(): Command {
     .option('--cache <path>', 'managed: the local cache, a file (kept across runs, crash-safe with <path>.r3map-state) or "memory"', MANAGED_DEFAULTS.cache)
     .addOption(new Option('--pull-workers <n>', 'managed: background pull workers; 0 = no background pull (chunks are fetched when first read)').default(MANAGED_DEFAULTS.pullWorkers).argParser(countArg))
     .addOption(new Option('--pull-priority <order>', 'managed: the order of the background pull').choices(pullPriorityNames).default('ascending'))
+    .addOption(new Option('--pull-max-queue <duration>', 'managed: how long the background pull may make a read of the device wait (fewer pulls in flight when more would only queue); 0 = every pull worker in flight (most pull throughput)').default(MANAGED_DEFAULTS.pullMaxQueueMs, '1ms').argParser(durationArg))
     .option('--hot-ranges-file <path>', 'managed: pull the byte ranges this file lists first ("<offset> <length>" per line, e.g. "512MiB 64KiB"), in its order')
     .option('--pull-first', 'managed: print the device only when every chunk is local', false)
     .addOption(new Option('--push-workers <n>', 'managed: push workers; 0 = no pusher: writes stay in the cache and are NEVER pushed to the remote').default(MANAGED_DEFAULTS.pushWorkers).argParser(countArg))
@@ -141,6 +143,7 @@ async function mountManaged(flags: MountFlags, { log, signal }: CommandContext, 
     chunkSize: managedChunkSize(flags.chunkSize),
     pullWorkers: flags.pullWorkers,
     pullPriority: flags.hotRangesFile !== undefined ? { hotRangesFile: flags.hotRangesFile } : flags.pullPriority,
+    pullMaxQueueMs: flags.pullMaxQueue,
     pullFirst: flags.pullFirst,
     pushWorkers: flags.pushWorkers,
     pushIntervalMs: flags.pushInterval,

@@ -54,6 +54,12 @@ export interface LeecherOptions {
   readonly chunkSize?: number;
   /** Concurrent pulls during pre-copy; 0 = none (every chunk is fetched on demand). Default 16. */
   readonly pullWorkers?: number;
+  /**
+   * From finalize() on, the queueing the background pull may add in front of the device's reads
+   * (Puller's maxQueueMs); 0 = every worker in flight. Before finalize() nothing reads the device
+   * (it is locked), so every worker is in flight whatever this is. Default 1.
+   */
+  readonly pullMaxQueueMs?: number;
   readonly pullPriority?: PullPriority;
   /**
    * The cache file's path, for a leecher that survives kill -9: which chunks are local and the
@@ -159,7 +165,8 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     this.#lock = new LockableReadWriterAt(this.#synced);
     this.#lock.lock();
     this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, () => this.#cache.sync());
-    this.#puller = new Puller(this.#synced, { chunkSize, size, table: this.table, workers, priority: options.pullPriority ?? ascending, log: this.#log });
+    // maxQueueMs 0 while locked: nothing can wait behind the pre-copy (see #finalize)
+    this.#puller = new Puller(this.#synced, { chunkSize, size, table: this.table, workers, maxQueueMs: 0, priority: options.pullPriority ?? ascending, log: this.#log });
     this.#puller.on('error', (err: unknown) => void (this.listenerCount('error') > 0 && this.emit('error', err)));
   }
 
@@ -168,6 +175,8 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const chunkSize = checkChunkSize(options.chunkSize ?? DEFAULT_CHUNK_SIZE, 'the chunk size of a leecher');
     const workers = options.pullWorkers ?? 16;
     if (!Number.isSafeInteger(workers) || workers < 0) throw new UsageError(`pullWorkers must be a whole number >= 0, got ${String(workers)}`);
+    const maxQueueMs = options.pullMaxQueueMs ?? 1;
+    if (!(maxQueueMs >= 0 && maxQueueMs < Infinity)) throw new UsageError(`pullMaxQueueMs must be a number of milliseconds >= 0, got ${String(maxQueueMs)}`);
     const leecher = new Leecher(options, chunkSize, workers);
     try {
       const session = await options.seeder.track();
@@ -316,6 +325,8 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     await this.#step; // a round under way ends first
     const localChunksAtSync = this.table.localCount;
     const started = performance.now();
+    // From now on reads of the device come: the pulls in flight drain during the Sync round trip.
+    this.#puller.maxQueueMs = this.#options.pullMaxQueueMs ?? 1;
     const { offsets } = await this.#seeder.sync(this.#since);
     const mine = this.#chunksOf(offsets);
     this.#synced.markAsRemote(mine);

@@ -17,6 +17,7 @@ export type ManagedPullPriority = PullPriorityName | PullPriority | { readonly h
 export const MANAGED_DEFAULTS = Object.freeze({
   chunkSize: DEFAULT_CHUNK_SIZE,
   pullWorkers: 64,
+  pullMaxQueueMs: 1,
   pushWorkers: 16,
   pushIntervalMs: 5000,
   stateIntervalMs: 1000,
@@ -41,6 +42,13 @@ export interface ManagedMountOptions {
   readonly pullWorkers?: number;
   /** Pull order; default 'ascending'. */
   readonly pullPriority?: ManagedPullPriority;
+  /**
+   * The queueing (ms) the background pull may add in front of the device's reads: the puller keeps
+   * fewer than pullWorkers in flight when more would only wait (Puller's maxQueueMs). 0 = every
+   * worker in flight (most pull throughput; a read of a chunk no pull has reached may then wait
+   * behind hundreds of pulls). Default 1.
+   */
+  readonly pullMaxQueueMs?: number;
   /** open() resolves only when every chunk is local (needs pullWorkers > 0). */
   readonly pullFirst?: boolean;
   /** Push workers; 0 = no pusher: writes stay in the cache and are never pushed. Default 16. */
@@ -78,6 +86,7 @@ export interface ResolvedManagedMountOptions {
   readonly pullWorkers: number;
   /** A function, or the hot-ranges file still to read at open(). */
   readonly pullPriority: PullPriority | { readonly hotRangesFile: string };
+  readonly pullMaxQueueMs: number;
   readonly pullFirst: boolean;
   readonly pushWorkers: number;
   readonly pushIntervalMs: number;
@@ -127,6 +136,7 @@ export function resolveManagedMountOptions(options: ManagedMountOptions): Resolv
     chunkSize,
     pullWorkers,
     pullPriority: resolvePullPriority(options.pullPriority ?? 'ascending'),
+    pullMaxQueueMs: milliseconds('pullMaxQueueMs', options.pullMaxQueueMs, MANAGED_DEFAULTS.pullMaxQueueMs),
     pullFirst,
     pushWorkers: count('pushWorkers', options.pushWorkers, MANAGED_DEFAULTS.pushWorkers, 65536),
     pushIntervalMs: milliseconds('pushIntervalMs', options.pushIntervalMs, MANAGED_DEFAULTS.pushIntervalMs),

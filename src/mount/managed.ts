@@ -140,7 +140,7 @@ export async function openManagedStack(options: ResolvedManagedMountOptions, log
     };
     const synced = new SyncedReadWriterAt(remoteStage, local, { chunkSize, size, table, onChunkIsLocal, onError: report });
     const arbitrary = new ArbitraryReadWriterAt(new WriteMarks(synced, { table, ...(state !== undefined ? { gate: state } : {}) }), { chunkSize, size });
-    const puller = new Puller(synced, { chunkSize, size, table, workers: options.pullWorkers, priority: await pullPriority(options), log });
+    const puller = new Puller(synced, { chunkSize, size, table, workers: options.pullWorkers, maxQueueMs: options.pullMaxQueueMs, priority: await pullPriority(options), log });
     const pusher = options.pushWorkers > 0 ? new Pusher(table, local, remoteStage, { workers: options.pushWorkers, intervalMs: options.pushIntervalMs, log }) : undefined;
     if (state !== undefined) {
       await state.open(table, () => local.sync());

@@ -22,10 +22,28 @@ export interface PullerOptions {
   readonly retries?: number;
   /** Backoff before the first retry, doubled for each further one (default 100). */
   readonly retryDelayMs?: number;
+  /**
+   * How much longer than the quickest pull seen a pull may take (ms) before fewer pulls are kept in
+   * flight: the queueing the background pull may add to the remote connection and the event loop
+   * that also serve the device's reads. Default 1; 0 keeps `workers` in flight whatever happens.
+   */
+  readonly maxQueueMs?: number;
   /** The stack's chunk table (its `pull` column is this puller's queue); default: a table of its own. */
   readonly table?: ChunkTable;
   readonly log?: Logger;
 }
+
+/** Pulls in flight at first, while the window doubles per sample without queueing (slow start). */
+const SLOW_START = 16;
+/**
+ * Pulls that may wait in queues (Vegas's alpha and beta): the window grows while fewer wait, and
+ * shrinks only when more wait and they wait longer than maxQueueMs (so jitter on a long round trip
+ * does not shrink a large window, and a path that needs a few pulls queued to be busy keeps them).
+ */
+const VEGAS_ALPHA = 2;
+const VEGAS_BETA = 4;
+/** The base pull time moves up by 1/BASE_DRIFT of the gap to each higher sample median. */
+const BASE_DRIFT = 16;
 
 export interface PullProgress {
   readonly pulledChunks: number;
@@ -43,10 +61,19 @@ const CHUNK = { queued: PullState.QUEUED, pulling: PullState.PULLING, pullingSta
 type ChunkState = PullState;
 
 /**
- * Pulls every chunk (the last one included) through `source` with `workers` concurrent pulls, in
- * the order of `priority`. It calls `source.pull(off)` when the source has it, else reads each
- * chunk into one buffer per worker, reused across chunks.
+ * Pulls every chunk (the last one included) through `source` with up to `workers` concurrent
+ * pulls, in the order of `priority`. It calls `source.pull(off)` when the source has it, else
+ * reads each chunk into a buffer of its own, reused across chunks (at most `workers` of them).
  *
+ * - The window: the pulls share the remote connection and this thread's event loop with the
+ *   device's reads, and a read of a chunk no pull has reached must not wait behind a flood of them.
+ *   So, like a delay-based congestion control (TCP Vegas), the puller keeps as many pulls in
+ *   flight as it can while few of them wait in queues. Per sample (a window's worth of pulls, at
+ *   least 8), the median pull against the lowest median seen (the base) tells how long pulls wait
+ *   and how many (window × (1 − base / median)). The window shrinks by a quarter when more than 4
+ *   wait for longer than `maxQueueMs`, and grows by a quarter when fewer than 2 wait or they wait
+ *   less than half of it; it starts at 16 and doubles until the first shrink; it stays between 1
+ *   and `workers`. Measured on the pulls themselves: no timers, nothing polls.
  * - `requeue(dirtyOffsets)` (a pre-copy round) and `finalize(dirtyOffsets)` put those chunks in
  *   front of everything still queued: a pulled one is pulled again, a queued one is pulled once,
  *   one being pulled is pulled again right after. `whenPulled()` waits until all are pulled.
@@ -56,10 +83,10 @@ type ChunkState = PullState;
  *   listens; the failure is logged once and always rejects wait().
  * - `workers: 0`: start() does nothing, nothing is ever pulled, and wait() resolves as soon as
  *   finalize() has been called.
- * - Idle workers park on a promise until finalize() or close(); they never poll.
+ * - Nothing runs while nothing is queued: requeue() starts pulls again.
  */
 export class Puller extends EventEmitter<PullerEvents> {
-  readonly options: Readonly<Required<Omit<PullerOptions, 'log' | 'table'>>>;
+  readonly options: Readonly<Required<Omit<PullerOptions, 'log' | 'table' | 'maxQueueMs'>>>;
   readonly totalChunks: number;
   readonly #source: PullSource;
   readonly #usePull: boolean;
@@ -78,20 +105,34 @@ export class Puller extends EventEmitter<PullerEvents> {
   readonly #done: Promise<void>;
   #resolve!: () => void;
   #reject!: (err: unknown) => void;
-  #parked: { promise: Promise<void>; wake: () => void } | undefined;
+  /** Pulls in flight, and how many may be (see the class comment). */
+  #inFlight = 0;
+  #window: number;
+  #slowStart: boolean;
+  readonly #buffers: Buffer[] = [];
+  /** The sample being taken (pull durations, ms; undefined: no window to keep), the lowest median seen. */
+  readonly #sampleMs: Float64Array | undefined;
+  #maxQueueMs: number;
+  #samplePulls = 0;
+  #baseMs = Infinity;
   #whenPulled: Promise<void> | undefined;
   #onPulled: (() => void) | undefined;
 
   constructor(source: PullSource, options: PullerOptions) {
     super();
-    const { chunkSize, size, workers, priority = ascending, retries = 3, retryDelayMs = 100 } = options;
+    const { chunkSize, size, workers, priority = ascending, retries = 3, retryDelayMs = 100, maxQueueMs = 1 } = options;
     for (const [name, value, min] of [['chunkSize', chunkSize, 1], ['size', size, 0], ['workers', workers, 0],
       ['retries', retries, 0], ['retryDelayMs', retryDelayMs, 0]] as const) {
       if (!Number.isSafeInteger(value) || value < min) {
         throw new UsageError(`puller ${name} must be an integer >= ${min}, got ${String(value)}`);
       }
     }
+    if (!(maxQueueMs >= 0 && maxQueueMs < Infinity)) throw new UsageError(`puller maxQueueMs must be a number >= 0, got ${String(maxQueueMs)}`);
     this.options = Object.freeze({ chunkSize, size, workers, priority, retries, retryDelayMs });
+    this.#maxQueueMs = maxQueueMs;
+    this.#slowStart = maxQueueMs > 0 && workers > SLOW_START;
+    this.#window = this.#slowStart ? SLOW_START : workers;
+    this.#sampleMs = workers > 1 ? new Float64Array(Math.max(8, workers)) : undefined;
     this.totalChunks = chunkCount(size, chunkSize);
     this.#source = source;
     this.#usePull = typeof source.pull === 'function';
@@ -108,13 +149,41 @@ export class Puller extends EventEmitter<PullerEvents> {
     this.#done.catch(() => {}); // handled by whoever calls wait(); never an unhandled rejection
   }
 
-  /** Starts the workers; a no-op with 0 workers or when already started. */
+  /** Starts pulling; a no-op with 0 workers or when already started. */
   start(): void {
     if (this.#closed) throw new ClosedError('puller');
     if (this.#started || this.options.workers === 0) return;
     this.#started = true;
-    const workers = Math.min(this.options.workers, Math.max(this.totalChunks, 1));
-    for (let i = 0; i < workers; i++) void this.#work();
+    this.#pump();
+  }
+
+  /** How many pulls may be in flight now (1..workers, see the class comment). */
+  get window(): number {
+    return this.#window;
+  }
+
+  /**
+   * The queueing the pulls may cause (see PullerOptions.maxQueueMs); settable at any time: 0 opens
+   * the window to every worker at once (nothing else could wait behind the pulls, e.g. a device
+   * that is still locked); a value > 0 after 0 starts the window at 16 again, so that what is
+   * already in flight drains before anything could wait behind it.
+   */
+  get maxQueueMs(): number {
+    return this.#maxQueueMs;
+  }
+
+  set maxQueueMs(ms: number) {
+    if (!(ms >= 0 && ms < Infinity)) throw new UsageError(`puller maxQueueMs must be a number >= 0, got ${String(ms)}`);
+    const was = this.#maxQueueMs;
+    this.#maxQueueMs = ms;
+    this.#samplePulls = 0;
+    if (ms === 0) {
+      this.#window = this.options.workers;
+      this.#pump();
+    } else if (was === 0) {
+      this.#slowStart = this.options.workers > SLOW_START; // from an open window: start small again
+      this.#window = Math.min(this.options.workers, SLOW_START);
+    }
   }
 
   /**
@@ -136,7 +205,7 @@ export class Puller extends EventEmitter<PullerEvents> {
       else if (state === CHUNK.pulled) this.#set(index, CHUNK.queued);
       if (state === CHUNK.queued || state === CHUNK.pulled) this.#front.push(index);
     }
-    this.#wake();
+    this.#pump();
   }
 
   /** requeue(dirtyOffsets), and from now on wait() resolves once every chunk is pulled. Call it once. */
@@ -169,7 +238,6 @@ export class Puller extends EventEmitter<PullerEvents> {
       this.#closed = true;
       this.#abort.abort();
       this.#settle(new ClosedError('puller'));
-      this.#wake();
     }
     return Promise.resolve();
   }
@@ -185,12 +253,54 @@ export class Puller extends EventEmitter<PullerEvents> {
     return this.pulledChunks * chunkSize - short;
   }
 
-  async #work(): Promise<void> {
-    const buf = this.#usePull ? undefined : Buffer.allocUnsafe(this.options.chunkSize);
-    while (!this.#closed && !this.#settled) {
+  /** Starts queued pulls while the window has room. */
+  #pump(): void {
+    if (!this.#started || this.#closed || this.#settled) return;
+    while (this.#inFlight < this.#window) {
       const index = this.#take();
-      if (index === -1) await this.#park();
-      else await this.#pullChunk(index, buf);
+      if (index === -1) return;
+      this.#inFlight++;
+      void this.#run(index);
+    }
+  }
+
+  async #run(index: number): Promise<void> {
+    const buf = this.#usePull ? undefined : (this.#buffers.pop() ?? Buffer.allocUnsafe(this.options.chunkSize));
+    try {
+      await this.#pullChunk(index, buf);
+    } finally {
+      if (buf !== undefined) this.#buffers.push(buf);
+      this.#inFlight--;
+      this.#pump();
+    }
+  }
+
+  /**
+   * One pull took `ms`. A sample is a window's worth of pulls (at least 8); its median against the
+   * lowest median seen is the queueing the pulls cause (the median, because timer and network
+   * jitter scatter single pulls by a millisecond or more, while queueing delays most of them),
+   * and each sample resizes the window on it.
+   */
+  #sample(ms: number): void {
+    if (this.#sampleMs === undefined || this.#maxQueueMs === 0) return;
+    this.#sampleMs[this.#samplePulls++] = ms;
+    if (this.#samplePulls < Math.max(8, this.#window)) return;
+    const sample = this.#sampleMs.subarray(0, this.#samplePulls).sort();
+    const median = sample[sample.length >> 1]!;
+    this.#samplePulls = 0;
+    // The base follows the lowest median at once and any higher one slowly: one lucky sample must
+    // not make every later one look queued, nor a path that became slower shrink the window forever.
+    this.#baseMs = median < this.#baseMs ? median : this.#baseMs + (median - this.#baseMs) / BASE_DRIFT;
+    const maxQueueMs = this.#maxQueueMs;
+    const workers = this.options.workers;
+    const queuedMs = median - this.#baseMs;
+    const queuedPulls = this.#window * (1 - this.#baseMs / median); // Vegas: pulls waiting, not moving
+    if (queuedMs > maxQueueMs && queuedPulls > VEGAS_BETA) {
+      this.#slowStart = false;
+      this.#window = Math.max(1, Math.floor((this.#window * 3) / 4));
+    } else if ((queuedMs <= maxQueueMs / 2 || queuedPulls < VEGAS_ALPHA) && this.#window < workers) {
+      this.#window = Math.min(workers, this.#window + (this.#slowStart ? this.#window : Math.max(1, this.#window >> 2)));
+      this.#pump();
     }
   }
 
@@ -230,8 +340,10 @@ export class Puller extends EventEmitter<PullerEvents> {
     const off = index * chunkSize;
     for (let attempt = 0; ; attempt++) {
       try {
+        const started = performance.now();
         if (buf === undefined) await this.#source.pull!(off);
         else await this.#source.readAt(off + chunkSize > size ? buf.subarray(0, size - off) : buf, off);
+        this.#sample(performance.now() - started);
         return true;
       } catch (err) {
         if (this.#closed || this.#settled) return false;
@@ -276,21 +388,5 @@ export class Puller extends EventEmitter<PullerEvents> {
     this.#settled = true;
     if (err === undefined) this.#resolve();
     else this.#reject(err);
-    this.#wake();
-  }
-
-  #park(): Promise<void> {
-    if (this.#parked === undefined) {
-      let wake!: () => void;
-      const promise = new Promise<void>((resolve) => (wake = resolve));
-      this.#parked = { promise, wake };
-    }
-    return this.#parked.promise;
-  }
-
-  #wake(): void {
-    const parked = this.#parked;
-    this.#parked = undefined;
-    parked?.wake();
   }
 }

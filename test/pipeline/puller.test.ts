@@ -183,10 +183,82 @@ describe('Puller', () => {
   it('rejects bad options and dirty offsets with typed errors', () => {
     assert.throws(() => new Puller(new TestStore(size), { chunkSize: 0, size, workers: 1 }), UsageError);
     assert.throws(() => new Puller(new TestStore(size), { chunkSize, size, workers: -1 }), UsageError);
+    assert.throws(() => new Puller(new TestStore(size), { chunkSize, size, workers: 1, maxQueueMs: -1 }), UsageError);
     const puller = new Puller(new TestStore(size), { chunkSize, size, workers: 1 });
     assert.throws(() => puller.finalize([1]), MisalignedError);
     assert.throws(() => puller.finalize([size + 1]), OutOfRangeError);
     puller.finalize([]);
     assert.throws(() => puller.finalize([]), (err) => isR3mapError(err, 'ERR_USAGE'));
+  });
+
+  describe('the window of pulls in flight', () => {
+    /**
+     * A remote with a round trip of `rttMs` and, when `perPullMs` > 0, a link that delivers one
+     * pull per `perPullMs` (so pulls beyond its bandwidth-delay product only queue).
+     */
+    function remote(rttMs: number, perPullMs: number) {
+      const r = { inFlight: 0, maxInFlight: 0, lastDone: 0 };
+      const readAt = async (): Promise<void> => {
+        r.maxInFlight = Math.max(r.maxInFlight, ++r.inFlight);
+        const now = performance.now();
+        const done = perPullMs > 0 ? Math.max(now + rttMs, r.lastDone + perPullMs) : now + rttMs;
+        r.lastDone = done;
+        await new Promise((resolve) => setTimeout(resolve, done - now));
+        r.inFlight--;
+      };
+      return Object.assign(r, { readAt });
+    }
+
+    it('starts with 16 and grows to every worker while pulls do not slow down', async () => {
+      const source = remote(5, 0);
+      // maxQueueMs well above the timers' own jitter (a 5 ms timer fires up to ~1 ms late)
+      const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 64, maxQueueMs: 4 });
+      assert.equal(puller.window, 16);
+      puller.start();
+      assert.equal(source.maxInFlight, 16, 'slow start');
+      puller.finalize([]);
+      await within(puller.wait(), 'wait()');
+      assert.equal(puller.window, 64);
+      assert.equal(source.maxInFlight, 64);
+    });
+
+    it('keeps far fewer than its workers in flight when more would only queue', async () => {
+      const source = remote(2, 0.25); // 8 pulls fill the link; 256 would queue for 64 ms
+      const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 256 });
+      puller.start();
+      puller.finalize([]);
+      await within(puller.wait(), 'wait()');
+      assert.ok(source.maxInFlight < 256, `at most ${source.maxInFlight} in flight`);
+      assert.ok(puller.window < 64, `the window ended at ${puller.window}`);
+      assert.equal(puller.pulledChunks, 3000);
+    });
+
+    it('takes a new maxQueueMs at any time: 0 opens the window at once, a value after 0 starts it at 16 again', async () => {
+      const gate = new Gate();
+      const store = new TestStore(100, () => gate.wait());
+      const puller = new Puller(store, { chunkSize: 1, size: 100, workers: 40, maxQueueMs: 0 });
+      puller.start();
+      assert.equal(store.inFlight, 40);
+      puller.maxQueueMs = 1;
+      assert.equal(puller.window, 16, 'what is in flight drains before more starts');
+      gate.open();
+      puller.finalize([]);
+      await within(puller.wait(), 'wait()');
+      assert.throws(() => (puller.maxQueueMs = -1), UsageError);
+      const again = new Puller(new TestStore(100, () => gate.wait()), { chunkSize: 1, size: 100, workers: 40 });
+      assert.equal(again.window, 16);
+      again.maxQueueMs = 0;
+      assert.equal(again.window, 40);
+    });
+
+    it('with maxQueueMs 0 keeps every worker busy from the start', async () => {
+      const source = remote(2, 0.25);
+      const puller = new Puller(source, { chunkSize: 1, size: 600, workers: 256, maxQueueMs: 0 });
+      puller.start();
+      assert.equal(source.maxInFlight, 256);
+      puller.finalize([]);
+      await within(puller.wait(), 'wait()');
+      assert.equal(puller.window, 256);
+    });
   });
 });
