@@ -18,6 +18,7 @@ declare -A want=(
   [mkfs.ext4]=e2fsprogs
   [redis-server]=redis-server
   [openssl]=openssl
+  [systemd-analyze]=systemd
 )
 missing=()
 for cmd in "${!want[@]}"; do
