@@ -72,6 +72,12 @@ export interface LeecherOptions {
   readonly stateIntervalMs?: number;
   /** After finalize() unlocked the device (the destination's application may resume). */
   readonly onResume?: (result: FinalizeResult) => Promise<void> | void;
+  /**
+   * Every time a chunk becomes local (pulled, read or pulled again after a round), with its offset;
+   * synchronously, before the call that made it local settles. What it throws or rejects with is
+   * reported as an 'error' event (or a process warning) and never fails the data path.
+   */
+  readonly onChunkIsLocal?: (off: number) => unknown;
   readonly log?: Logger;
 }
 
@@ -150,9 +156,11 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     this.#cache = options.cache ?? new MemoryBackend({ size, chunkSize });
     if (this.#cache.size !== size) throw new UsageError(`the cache has ${this.#cache.size} bytes, the seeder ${size}`);
     this.table = new ChunkTable({ chunkSize, size });
-    const onChunkIsLocal = (): void => {
+    const onChunkIsLocal = (off: number): unknown => {
+      const hooked = options.onChunkIsLocal?.(off);
       if (this.#onAllLocal !== undefined && this.table.localCount === this.table.chunks) this.#onAllLocal();
       if (this.listenerCount('progress') > 0) this.emit('progress', { localChunks: this.table.localCount, totalChunks: this.table.chunks });
+      return hooked;
     };
     const remote = seeder.backend;
     const counted = {
@@ -161,7 +169,11 @@ export class Leecher extends EventEmitter<LeecherEvents> {
         this.#fetchedBytes += buf.length;
       },
     };
-    this.#synced = new SyncedReadWriterAt(counted, this.#cache, { chunkSize, size, table: this.table, onChunkIsLocal });
+    const onError = (err: unknown): void => {
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+      else this.#log.warn({ err }, 'onChunkIsLocal failed; the data path went on');
+    };
+    this.#synced = new SyncedReadWriterAt(counted, this.#cache, { chunkSize, size, table: this.table, onChunkIsLocal, onError });
     this.#lock = new LockableReadWriterAt(this.#synced);
     this.#lock.lock();
     this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, () => this.#cache.sync());

@@ -88,9 +88,10 @@ describe('migration: Seeder → Leecher over gRPC', () => {
     });
   }
 
-  it('finalize at 100 %: a chunk written after it was pulled is pulled again', async () => {
+  it('finalize at 100 %: a chunk written after it was pulled is pulled again; onChunkIsLocal sees every chunk, that one twice', async () => {
     const rig = await seed();
-    const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 8 });
+    const local: number[] = [];
+    const leecher = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), chunkSize, pullWorkers: 8, onChunkIsLocal: (off) => void local.push(off) });
     try {
       while (leecher.progress().localChunks < chunks) await new Promise((resolve) => setTimeout(resolve, 5));
       const model = Buffer.from(rig.content);
@@ -101,6 +102,7 @@ describe('migration: Seeder → Leecher over gRPC', () => {
       assert.deepEqual(dirtyOffsets, [7 * chunkSize]);
       assert.deepEqual(await readAll(leecher.backend), model);
       await leecher.complete();
+      assert.deepEqual([...local].sort((a, b) => a - b), [...Array.from({ length: chunks }, (_, i) => i * chunkSize), 7 * chunkSize].sort((a, b) => a - b));
     } finally {
       await leecher.close();
       await rig.stop();
