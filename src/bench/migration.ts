@@ -67,6 +67,7 @@ function delayed(source: SeederSource, rttMs: number): SeederSource {
     size: source.size,
     readAt: async (buf, off) => { await wait(); await source.readAt(buf, off); },
     track: async () => { await wait(); return source.track(); },
+    session: async () => { await wait(); return source.session(); },
     dirty: async (since) => { await wait(); return source.dirty(since); },
     sync: async (since) => { await wait(); return source.sync(since); },
     close: async () => { await wait(); await source.close(); },

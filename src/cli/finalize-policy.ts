@@ -12,6 +12,7 @@ export type FinalizePolicy =
   | { readonly kind: 'rounds'; readonly rounds: number; readonly dirtyThreshold: number };
 
 export async function whenFinalizeIsDue(leecher: Leecher, policy: FinalizePolicy, stop: AbortSignal, log: Logger): Promise<void> {
+  if (leecher.finalized) return; // restarted after it had finalized: nothing to wait for
   switch (policy.kind) {
     case 'share':
       return untilShare(leecher, policy.share, stop);

@@ -162,7 +162,7 @@ async function leech(flags: LeechFlags, ctx: CommandContext, given: (flag: strin
       return EXIT.FAILURE;
     }
     if (done === 'stopped') {
-      log.warn(leecher.progress(), 'stopped after finalizing but before every chunk was local: the seeder still holds the state (suspended)');
+      log.warn(leecher.progress(), flags.cache === 'memory' ? 'stopped after finalizing but before every chunk was local: the seeder still holds the state (suspended); with a memory cache, what was not local is gone here' : 'stopped after finalizing but before every chunk was local: run the same command again to go on (the seeder waits, suspended)');
       return EXIT.OK;
     }
     progress.done(remote.size, remote.size);
@@ -195,11 +195,13 @@ function report(result: FinalizeResult, leecher: Leecher, size: number, totalMs:
     dirtyChunksAtSync: result.dirtyOffsets.length,
     localChunksAtSync: result.localChunksAtSync,
     totalChunks: leecher.table.chunks,
+    resumedAfterFinalize: result.resumed === true,
   };
   log.info(summary, 'migration complete');
-  process.stderr.write(`r3map-leech: migrated ${formatSize(size)} in ${(totalMs / 1000).toFixed(2)} s; downtime ${summary.downtimeMs.toFixed(1)} ms ` +
-    `(${summary.dirtyChunksAtSync} dirty chunks at the sync, ${summary.localChunksAtSync}/${summary.totalChunks} local then, ${summary.rounds} pre-copy rounds); ` +
-    `fetched ${formatSize(summary.fetchedBytes)}\n`);
+  const downtime = summary.resumedAfterFinalize
+    ? `resumed after it had finalized (${summary.localChunksAtSync}/${summary.totalChunks} chunks local then)`
+    : `downtime ${summary.downtimeMs.toFixed(1)} ms (${summary.dirtyChunksAtSync} dirty chunks at the sync, ${summary.localChunksAtSync}/${summary.totalChunks} local then, ${summary.rounds} pre-copy rounds)`;
+  process.stderr.write(`r3map-leech: migrated ${formatSize(size)} in ${(totalMs / 1000).toFixed(2)} s; ${downtime}; fetched ${formatSize(summary.fetchedBytes)}\n`);
   if (json) process.stdout.write(`${JSON.stringify(summary)}\n`);
 }
 

@@ -27,7 +27,7 @@
  * it goes on).
  */
 import { EventEmitter } from 'node:events';
-import { ClosedError, UsageError } from '../errors.js';
+import { ClosedError, MigrationError, UsageError } from '../errors.js';
 import { CacheState } from '../mount/cache-state.js';
 import { silentLogger, type Logger } from '../log.js';
 import { MemoryBackend } from '../backends/memory.js';
@@ -121,7 +121,15 @@ export interface FinalizeResult {
   readonly rounds: number;
   /** Chunks local when the Sync was asked for, of all. */
   readonly localChunksAtSync: number;
+  /** True when this leecher was restarted after it had finalized (no Sync now: 0 ms, no dirty chunks). */
+  readonly resumed?: boolean;
 }
+
+/**
+ * The epoch a leecher's saved state carries once it has finalized (seeder epochs are far lower):
+ * restarted, it skips Track (the seeder refuses it now) and pulls what is not local yet.
+ */
+const FINALIZED_EPOCH = 0xffffffff;
 
 export class Leecher extends EventEmitter<LeecherEvents> {
   readonly table: ChunkTable;
@@ -176,7 +184,11 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     this.#synced = new SyncedReadWriterAt(counted, this.#cache, { chunkSize, size, table: this.table, onChunkIsLocal, onError });
     this.#lock = new LockableReadWriterAt(this.#synced);
     this.#lock.lock();
-    this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, () => this.#cache.sync());
+    // A flush of the device saves the state too (with a file cache): a chunk the application wrote
+    // after finalize is then local on disk and in the state, so a restarted leecher never pulls
+    // the seeder's older copy over a write that was acknowledged as durable.
+    const flush = (): Promise<void> => (this.#state !== undefined ? this.#state.save('full') : this.#cache.sync());
+    this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, flush);
     // maxQueueMs 0 while locked: nothing can wait behind the pre-copy (see #finalize)
     this.#puller = new Puller(this.#synced, { chunkSize, size, table: this.table, workers, maxQueueMs: 0, priority: options.pullPriority ?? ascending, log: this.#log });
     this.#puller.on('error', (err: unknown) => void (this.listenerCount('error') > 0 && this.emit('error', err)));
@@ -191,7 +203,15 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     if (!(maxQueueMs >= 0 && maxQueueMs < Infinity)) throw new UsageError(`pullMaxQueueMs must be a number of milliseconds >= 0, got ${String(maxQueueMs)}`);
     const leecher = new Leecher(options, chunkSize, workers);
     try {
-      const session = await options.seeder.track();
+      let session: number;
+      try {
+        session = await options.seeder.track();
+      } catch (err) {
+        // A seeder that was finalized refuses Track: if that was us (our saved state says so), go on.
+        if (!(err instanceof MigrationError) || options.statePath === undefined || !(await leecher.#resumeFinalized(options.statePath))) throw err;
+        leecher.#puller.start();
+        return leecher;
+      }
       if (options.statePath !== undefined) await leecher.#resume(options.statePath, session);
     } catch (err) {
       await leecher.close();
@@ -199,6 +219,30 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     }
     leecher.#puller.start();
     return leecher;
+  }
+
+  /**
+   * After a refused Track: when the state saved for this seeder's session says we finalized, the
+   * migration goes on from there (the device unlocked at once, what is not local pulled, Close at
+   * the end) and this returns true; otherwise false (another leecher finalized) and nothing changed.
+   */
+  async #resumeFinalized(statePath: string): Promise<boolean> {
+    const session = await this.#seeder.session().catch(() => 0);
+    if (session === 0) return false;
+    const identity = { size: this.table.size, chunkSize: this.table.chunkSize, remoteId: `r3map-seeder-session:${session}` };
+    const state = await CacheState.load(statePath, identity, { intervalMs: this.#options.stateIntervalMs ?? 1000, log: this.#log }).catch(() => undefined);
+    if (state === undefined || state.restored.fresh || state.restored.epoch !== FINALIZED_EPOCH) return false;
+    state.restoreInto(this.table);
+    await state.open(this.table, () => this.#cache.sync());
+    this.#state = state;
+    this.#puller.maxQueueMs = this.#options.pullMaxQueueMs ?? 1;
+    this.#puller.finalize([]);
+    this.#lock.unlock();
+    const result = { dirtyOffsets: [], downtimeMs: 0, rounds: 0, localChunksAtSync: this.table.localCount, resumed: true };
+    this.#finalizing = Promise.resolve(result);
+    this.#log.info({ localChunks: this.table.localCount, totalChunks: this.table.chunks, session }, 'resuming after finalize: the device is unlocked, pulling the rest');
+    await this.#options.onResume?.(result);
+    return true;
   }
 
   /** Loads the state saved for this seeder session; a resumed one gets its catch-up round. */
@@ -292,6 +336,11 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     }
   }
 
+  /** finalize() was called (or this leecher was restarted after it had finalized). */
+  get finalized(): boolean {
+    return this.#finalizing !== undefined;
+  }
+
   /** Sync on the seeder, the dirty chunks remote again and to the front, unlock. Once; later calls share it. */
   finalize(): Promise<FinalizeResult> {
     if (this.#closed) return Promise.reject(new ClosedError('leecher'));
@@ -343,6 +392,12 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const mine = this.#chunksOf(offsets);
     this.#synced.markAsRemote(mine);
     this.#puller.finalize(mine);
+    if (this.#state !== undefined) {
+      // Saved before the unlock: a leecher restarted after this point must never take its
+      // pre-copy of a dirty chunk as local, and must know it may go on without Track.
+      this.#state.epoch = FINALIZED_EPOCH;
+      await this.#state.save('full');
+    }
     this.#lock.unlock();
     const downtimeMs = performance.now() - started;
     const result = { dirtyOffsets: mine, downtimeMs, rounds: this.#rounds, localChunksAtSync };

@@ -55,6 +55,15 @@ export class SeederRemote {
   }
 
   /**
+   * The seeder's session without starting to track (answered after a Sync too); for a leecher that
+   * finalized, was restarted and must tell whether its saved state is this seeder's. A seeder
+   * without the method (Go r3map) answers UNIMPLEMENTED, which comes back as an error.
+   */
+  async session(): Promise<number> {
+    return (await this.#reader.call(seederDefinition.Session, EMPTY, 'Session', true)).session;
+  }
+
+  /**
    * A pre-copy round: the chunks written on the seeder after epoch `since` (0: since Track), while
    * its application runs on. Retried like reads: nothing is cleared, so a repeat is harmless.
    */

@@ -90,6 +90,7 @@ export class Seeder {
         this.#log.info({ session: this.session, epoch: tracking.epoch }, 'a leecher started tracking');
         return this.session;
       },
+      session: () => Promise.resolve(this.session),
       dirty: async (since) => {
         const round = this.#tracking.dirtySince(since);
         this.#log.debug({ since, epoch: round.epoch, dirtyChunks: round.offsets.length }, 'pre-copy round');

@@ -73,6 +73,8 @@ export interface SeederDefinition {
   readonly Track: MethodDefinition<Empty, TrackReply>;
   readonly Sync: MethodDefinition<SinceArgs, DirtyOffsetsReply>;
   readonly Dirty: MethodDefinition<SinceArgs, DirtyOffsetsReply>;
+  /** The session without Track (its reply is a TrackReply on the wire: one int64 field 1). */
+  readonly Session: MethodDefinition<Empty, TrackReply>;
   readonly Close: MethodDefinition<Empty, Empty>;
 }
 
@@ -89,5 +91,6 @@ export const seederDefinition: SeederDefinition = Object.freeze({
   Track: unary(SEEDER_SERVICE, 'Track', encodeEmpty, decodeEmpty, encodeTrackReply, decodeTrackReply),
   Sync: unary(SEEDER_SERVICE, 'Sync', encodeSinceArgs, decodeSinceArgs, encodeDirtyOffsetsReply, decodeDirtyOffsetsReply),
   Dirty: unary(SEEDER_SERVICE, 'Dirty', encodeSinceArgs, decodeSinceArgs, encodeDirtyOffsetsReply, decodeDirtyOffsetsReply),
+  Session: unary(SEEDER_SERVICE, 'Session', encodeEmpty, decodeEmpty, encodeTrackReply, decodeTrackReply),
   Close: unary(SEEDER_SERVICE, 'Close', encodeEmpty, decodeEmpty, encodeEmpty, decodeEmpty),
 });

@@ -102,6 +102,7 @@ export class GrpcServer {
         Track: this.#unary('Seeder.Track', () => seeder.track()),
         Sync: this.#unary('Seeder.Sync', (req: { since: number }) => seeder.sync(req.since)),
         Dirty: this.#unary('Seeder.Dirty', (req: { since: number }) => seeder.dirty(req.since)),
+        Session: this.#unary('Seeder.Session', () => seeder.session()),
         Close: this.#unary('Seeder.Close', () => seeder.close()),
       });
     }

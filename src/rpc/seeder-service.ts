@@ -2,7 +2,7 @@
  * SeederService: the Seeder service's logic (migration/v1/seeder.proto), knowing no transport;
  * the source is migration/seeder.ts (any object of the `SeederSource` shape works). ReadAt is
  * capped and range-checked as in BackendService; Since is checked to be a safe integer; Track,
- * Sync, Dirty and Close pass through.
+ * Session, Sync, Dirty and Close pass through.
  */
 import { UsageError } from '../errors.js';
 import { EMPTY, allocReadAtReply, type DirtyOffsetsReply, type Empty, type ReadAtReply, type SizeReply, type TrackReply } from './codec.js';
@@ -21,6 +21,8 @@ export interface SeederSource {
   readAt(buf: Buffer, off: number): Promise<void>;
   /** Starts recording written chunks (idempotent); the seeder's session number (never 0). */
   track(): Promise<number>;
+  /** The same session number, without tracking; also after a Sync. */
+  session(): Promise<number>;
   /** A pre-copy round: the chunks written after epoch `since` (0: since Track), no suspend. */
   dirty(since: number): Promise<DirtyChunks>;
   /** Suspends the application, flushes, and returns the chunks written after epoch `since`. */
@@ -56,6 +58,10 @@ export class SeederService {
 
   async track(): Promise<TrackReply> {
     return { session: await this.#source.track() };
+  }
+
+  async session(): Promise<TrackReply> {
+    return { session: await this.#source.session() };
   }
 
   async dirty(since: number): Promise<DirtyOffsetsReply> {

@@ -133,6 +133,37 @@ describe('r3map-seed → r3map-leech through fuse-loop', () => {
     assert.deepEqual(await leftoversUnder(dir), []);
   });
 
+  test('a leecher killed -9 after it finalized: the same cache goes on, and what was fsynced on its device is kept', async (t) => {
+    if (!requireFuseLoop(t) || !requireTool(t, 'dd')) return;
+    const a = await startSeed(['--backend', 'memory', '--size', '32MiB', '--listen', sock('kf')], opts());
+    const cache = path.join(dir, 'finalized.img');
+    try {
+      const data = randomBytes(4 * MIB);
+      await writeDevice(a.device, data);
+      const first = await startLeech(['--from', a.uri, '--cache', cache, '--finalize-at', '0%', '--pull-workers', '0', '--state-interval', '50ms'], opts());
+      const mine = randomBytes(MIB);
+      await writeDevice(first.device, mine, 2); // the destination's application, fsynced
+      first.child.kill('SIGKILL');
+      await first.stop();
+      await sleep(500);
+      const again = await startLeech(['--from', a.uri, '--cache', cache, '--json'], opts());
+      try {
+        await waitForLines(again, 2);
+        assert.equal(leechSummary(again.stdout()).resumedAfterFinalize, true);
+        const got = await deviceBytes(again.device, 4 * MIB);
+        assert.deepEqual(got.subarray(0, 2 * MIB), data.subarray(0, 2 * MIB));
+        assert.deepEqual(got.subarray(2 * MIB, 3 * MIB), mine, 'the write fsynced before the kill is there');
+        assert.deepEqual(got.subarray(3 * MIB), data.subarray(3 * MIB));
+      } finally {
+        assert.equal(await again.stop(), 0, again.stderr().slice(-2000));
+      }
+      assert.equal(await a.stop('SIGCONT'), 0, 'the seeder exits 0 once the resumed leecher is done');
+    } finally {
+      await a.stop();
+    }
+    assert.deepEqual(await leftoversUnder(dir), []);
+  });
+
   test('the seeder killed -9 mid-pull: the leecher exits 1 with one clear line and leaves nothing attached', async (t) => {
     if (!requireFuseLoop(t)) return;
     const a = await startSeed(['--backend', 'memory', '--size', '512MiB', '--listen', sock('dead')], opts());

@@ -220,6 +220,41 @@ describe('migration: pre-copy rounds and resuming', () => {
     }
   });
 
+  it('a leecher stopped after it finalized goes on when started again: no Track, what it wrote kept, the dirty chunks from the seeder', async () => {
+    const rig = await seed();
+    const cachePath = path.join(dir, `cache-${++n}.img`);
+    const cacheOf = () => FileBackend.open(cachePath, { size });
+    try {
+      const first = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      await first.untilPulled();
+      const model = Buffer.from(rig.content);
+      const written = randomBytes(chunkSize);
+      written.copy(model, 3 * chunkSize);
+      await rig.seeder.backend.writeAt(written, 3 * chunkSize); // the source's last write: dirty at the Sync
+      const { dirtyOffsets } = await first.finalize();
+      assert.deepEqual(dirtyOffsets, [3 * chunkSize]);
+      const mine = randomBytes(chunkSize);
+      mine.copy(model, 10 * chunkSize);
+      await first.backend.writeAt(mine, 10 * chunkSize); // the destination's application, after the unlock
+      await first.backend.sync();
+      await first.close(); // before it completed (the seeder never got Close)
+      const second = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      try {
+        assert.equal(second.finalized, true);
+        const result = await second.finalize();
+        assert.equal(result.resumed, true);
+        await second.complete();
+        assert.ok(second.fetchedBytes <= chunkSize, `pulled again: ${second.fetchedBytes} bytes (at most the dirty chunk)`);
+        assert.deepEqual(await readAll(second.backend), model);
+        await rig.seeder.done; // Close, after the Sync of the first run
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await rig.stop();
+    }
+  });
+
   it('a saved state from another seeder session is discarded: everything is pulled again', async () => {
     const cachePath = path.join(dir, `cache-${++n}.img`);
     const one = await seed();

@@ -110,20 +110,22 @@ describe('SeederService', () => {
       size: SIZE,
       readAt: (buf, off) => backend.readAt(buf, off),
       track: async () => (calls.push('track'), 77),
+      session: async () => (calls.push('session'), 77),
       dirty: async (since) => (calls.push(`dirty ${since}`), { offsets: [4096], epoch: since + 1 }),
       sync: async (since) => (calls.push(`sync ${since}`), { offsets: [0, 4096, 2 ** 40], epoch: since + 1 }),
       close: async () => void calls.push('close'),
     };
   }
 
-  it('passes Track, Dirty, Sync and Close to its source and returns the dirty offsets and epochs', async () => {
+  it('passes Track, Session, Dirty, Sync and Close to its source and returns the dirty offsets and epochs', async () => {
     const src = source();
     const service = new SeederService(src);
     assert.deepEqual(await service.track(), { session: 77 });
     assert.deepEqual(await service.dirty(0), { dirtyOffsets: [4096], epoch: 1 });
     assert.deepEqual(await service.sync(1), { dirtyOffsets: [0, 4096, 2 ** 40], epoch: 2 });
+    assert.deepEqual(await service.session(), { session: 77 });
     await service.close();
-    assert.deepEqual(src.calls, ['track', 'dirty 0', 'sync 1', 'close']);
+    assert.deepEqual(src.calls, ['track', 'dirty 0', 'sync 1', 'session', 'close']);
     assert.deepEqual(await service.size(), { size: SIZE });
   });
 

@@ -96,7 +96,8 @@ const cases: Case[] = [
   { name: 'a TrackReply with a session', type: migrationType('TrackReply'), ours: { session: 2 ** 46 + 3 }, wire: { Session: 2 ** 46 + 3 }, encode: encodeTrackReply, decode: decodeTrackReply },
   ...['SyncArgs', 'SyncReply'].map((n) => ({ name: `the empty Backend ${n}`, type: mountType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
   { name: 'the empty shared SizeArgs', type: commonType(mount, 'SizeArgs'), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty },
-  ...['TrackArgs', 'CloseArgs', 'CloseReply'].map((n) => ({ name: `the empty Seeder ${n}`, type: migrationType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
+  { name: 'a SessionReply', type: migrationType('SessionReply'), ours: { session: 5 }, wire: { Session: 5 }, encode: encodeTrackReply, decode: decodeTrackReply },
+  ...['TrackArgs', 'SessionArgs', 'CloseArgs', 'CloseReply'].map((n) => ({ name: `the empty Seeder ${n}`, type: migrationType(n), ours: EMPTY, wire: {}, encode: encodeEmpty, decode: decodeEmpty })),
 ];
 
 describe('codec against protobufjs loading the .proto files', () => {

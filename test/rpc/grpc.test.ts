@@ -241,6 +241,7 @@ describe('GrpcBackend and GrpcServer', () => {
         size: SIZE,
         readAt: (buf, off) => memory.readAt(buf, off),
         track: async () => (calls.push('track'), 9),
+        session: async () => (calls.push('session'), 9),
         dirty: async (since) => ({ offsets: [8192], epoch: since + 1 }),
         sync: async (since) => ({ offsets: [4096, 2 ** 40], epoch: since + 1 }),
         close: async () => void calls.push('close'),
@@ -253,8 +254,9 @@ describe('GrpcBackend and GrpcServer', () => {
     assert.deepEqual((await client.call(seederDefinition.ReadAt, { length: 64, off: 4096 }, 5000)).p, pattern(64, 5));
     assert.deepEqual(await client.call(seederDefinition.Dirty, { since: 0 }, 5000), { dirtyOffsets: [8192], epoch: 1 });
     assert.deepEqual(await client.call(seederDefinition.Sync, { since: 1 }, 5000), { dirtyOffsets: [4096, 2 ** 40], epoch: 2 });
+    assert.deepEqual(await client.call(seederDefinition.Session, EMPTY, 5000), { session: 9 });
     await client.call(seederDefinition.Close, EMPTY, 5000);
-    assert.deepEqual(calls, ['track', 'close']);
+    assert.deepEqual(calls, ['track', 'session', 'close']);
   });
 });
 

@@ -42,7 +42,7 @@ export function runSeed(args: readonly string[], env?: NodeJS.ProcessEnv, timeou
 }
 
 /** The JSON line r3map-leech --json printed. */
-export function leechSummary(stdout: string): { downtimeMs: number; fetchedBytes: number; bytes: number; rounds: number; dirtyChunksAtSync: number } {
+export function leechSummary(stdout: string): { downtimeMs: number; fetchedBytes: number; bytes: number; rounds: number; dirtyChunksAtSync: number; resumedAfterFinalize: boolean } {
   const line = stdout.split('\n').find((l) => l.startsWith('{'));
   assert.ok(line !== undefined, `no JSON line in ${JSON.stringify(stdout)}`);
   return JSON.parse(line) as ReturnType<typeof leechSummary>;
