@@ -395,8 +395,9 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     if (this.#state !== undefined) {
       // Saved before the unlock: a leecher restarted after this point must never take its
       // pre-copy of a dirty chunk as local, and must know it may go on without Track.
+      // 'forget': the saved local bits lose the dirty chunks, no cache fdatasync in the downtime.
       this.#state.epoch = FINALIZED_EPOCH;
-      await this.#state.save('full');
+      await this.#state.save('forget');
     }
     this.#lock.unlock();
     const downtimeMs = performance.now() - started;

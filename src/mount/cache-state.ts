@@ -17,7 +17,9 @@
  * dirty = the `dirty` bit, or a push not yet remote-synced (`unsynced`), or a write under way
  * (`writing`). Rules kept here:
  * - A chunk is saved as local only after a cache fdatasync that began after it became local
- *   ('full' saves). 'intent' saves keep the last saved local bits and only raise dirty bits.
+ *   ('full' saves). 'intent' saves keep the last saved local bits and only raise dirty bits;
+ *   'forget' saves (a leecher's finalize) keep them minus the chunks no longer local, so they
+ *   need no cache fdatasync.
  * - A chunk saved as local and clean promises "the cache holds what the remote durably holds", so
  *   a write may not change such a chunk before a save has raised its dirty bit: `beginWrite()`
  *   returns a promise to wait for in that case (grouped: one save serves every waiting write).
@@ -77,7 +79,13 @@ export interface RestoredChunks {
   readonly epoch: number;
 }
 
-export type SaveKind = 'full' | 'intent';
+/**
+ * 'full': fdatasync the cache, then record the table's local and dirty bits. 'forget': no cache
+ * fdatasync; the saved local bits lose every chunk that is no longer local (claiming less is
+ * always safe) and the current epoch is recorded with them. 'intent': only dirty bits are raised.
+ */
+export type SaveKind = 'full' | 'forget' | 'intent';
+const LEVEL: Readonly<Record<SaveKind, number>> = { intent: 0, forget: 1, full: 2 };
 
 export class CacheState implements WriteGate {
   readonly path: string;
@@ -104,7 +112,7 @@ export class CacheState implements WriteGate {
   #savingDirty: Uint8Array | undefined;
   #tail: Promise<unknown> = Promise.resolve();
   #queued: Promise<void> | undefined;
-  #wantFull = false;
+  #want = 0;
   #interval: NodeJS.Timeout | undefined;
   #closed = false;
   #durableEpoch = 0;
@@ -213,19 +221,16 @@ export class CacheState implements WriteGate {
     return this.save('intent');
   }
 
-  /**
-   * Saves a snapshot taken after this call: 'full' fdatasyncs the cache and records local and
-   * dirty bits; 'intent' only raises dirty bits (no cache fdatasync).
-   */
+  /** Saves a snapshot taken after this call (see SaveKind); saves asked for meanwhile share one. */
   save(kind: SaveKind = 'full'): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    if (kind === 'full') this.#wantFull = true;
+    this.#want = Math.max(this.#want, LEVEL[kind]);
     if (this.#queued !== undefined) return this.#queued;
     const run = this.#tail.then(() => {
       this.#queued = undefined;
-      const full = this.#wantFull;
-      this.#wantFull = false;
-      return this.#run(full);
+      const level = this.#want;
+      this.#want = 0;
+      return this.#run(level);
     });
     this.#queued = run;
     this.#tail = run.then(noop, noop);
@@ -258,7 +263,8 @@ export class CacheState implements WriteGate {
     return this.#savingLocal === undefined || this.#savingLocal[index] === 0 || this.#savingDirty![index] === 1;
   }
 
-  async #run(full: boolean): Promise<void> {
+  async #run(level: number): Promise<void> {
+    const full = level === LEVEL.full;
     const table = this.#table;
     if (this.#handle === undefined || table === undefined) throw new Error('cache state is not open');
     const dirty = this.#spareDirty;
@@ -266,11 +272,15 @@ export class CacheState implements WriteGate {
       dirty[i] = table.dirty[i]! | table.writing[i]! | (table.unsynced[i] !== RemoteSync.CLEAN ? 1 : 0);
     }
     let local = this.#durableLocal;
-    if (full) {
+    const snapshot = level >= LEVEL.forget;
+    if (snapshot) {
       local = this.#spareLocal;
-      for (let i = 0; i < this.chunks; i++) local[i] = table.state[i] === ChunkState.LOCAL ? 1 : 0;
+      for (let i = 0; i < this.chunks; i++) {
+        const now = table.state[i] === ChunkState.LOCAL ? 1 : 0;
+        local[i] = full ? now : this.#durableLocal[i]! & now; // forget: only ever fewer
+      }
     }
-    const epoch = full ? this.epoch : this.#durableEpoch; // with the local bits it belongs to
+    const epoch = snapshot ? this.epoch : this.#durableEpoch; // with the local bits it belongs to
     this.#savingLocal = local;
     this.#savingDirty = dirty;
     try {
@@ -285,7 +295,7 @@ export class CacheState implements WriteGate {
     }
     this.#spareDirty = this.#durableDirty;
     this.#durableDirty = dirty;
-    if (full) {
+    if (snapshot) {
       this.#spareLocal = this.#durableLocal;
       this.#durableLocal = local;
       this.#durableEpoch = epoch;

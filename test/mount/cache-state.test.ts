@@ -102,6 +102,21 @@ describe('CacheState', () => {
     assert.deepEqual([again.restored.local, again.restored.epoch, again.epoch], [[3], 7, 7]);
   });
 
+  it('a forget save drops chunks no longer local and records the epoch, without a cache fdatasync and never adding one', async () => {
+    const cache = await newCache();
+    const { state, source } = await openState(cache);
+    setLocal(source.table, [2, 3, 5]);
+    await state.save('full');
+    source.table.setState(3, ChunkState.REMOTE); // marked remote again (a dirty chunk at a Sync)
+    source.table.setState(7, ChunkState.LOCAL); // local now, but the cache was not fdatasynced since
+    state.epoch = 0xffffffff;
+    await state.save('forget');
+    assert.equal(source.syncs, 1, 'no cache fdatasync for the forget save');
+    await state.close();
+    const again = await CacheState.load(cache, identity);
+    assert.deepEqual([again.restored.local, again.restored.epoch], [[2, 5], 0xffffffff]);
+  });
+
   it('an intent save raises dirty bits but keeps the local bits of the last full save, without a cache fdatasync', async () => {
     const cache = await newCache();
     const { state, source } = await openState(cache);
