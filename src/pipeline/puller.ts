@@ -36,6 +36,11 @@ export interface PullerOptions {
 /** Pulls in flight at first, while the window doubles per sample without queueing (slow start). */
 const SLOW_START = 16;
 /**
+ * The window when maxQueueMs goes from 0 to a bound (a leecher's finalize): smaller than
+ * SLOW_START, so the first reads of the device wait behind as few pulls as possible.
+ */
+const RESTART_WINDOW = 4;
+/**
  * Pulls that may wait in queues (Vegas's alpha and beta): the window grows while fewer wait, and
  * shrinks only when more wait and they wait longer than maxQueueMs (so jitter on a long round trip
  * does not shrink a large window, and a path that needs a few pulls queued to be busy keeps them).
@@ -165,8 +170,8 @@ export class Puller extends EventEmitter<PullerEvents> {
   /**
    * The queueing the pulls may cause (see PullerOptions.maxQueueMs); settable at any time: 0 opens
    * the window to every worker at once (nothing else could wait behind the pulls, e.g. a device
-   * that is still locked); a value > 0 after 0 starts the window at 16 again, so that what is
-   * already in flight drains before anything could wait behind it.
+   * that is still locked); a value > 0 after 0 starts the window at 4 (and slow start), so that
+   * what is already in flight drains before anything could wait behind it.
    */
   get maxQueueMs(): number {
     return this.#maxQueueMs;
@@ -181,8 +186,8 @@ export class Puller extends EventEmitter<PullerEvents> {
       this.#window = this.options.workers;
       this.#pump();
     } else if (was === 0) {
-      this.#slowStart = this.options.workers > SLOW_START; // from an open window: start small again
-      this.#window = Math.min(this.options.workers, SLOW_START);
+      this.#slowStart = this.options.workers > RESTART_WINDOW; // from an open window: start small again
+      this.#window = Math.min(this.options.workers, RESTART_WINDOW);
     }
   }
 

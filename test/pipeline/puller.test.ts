@@ -233,14 +233,14 @@ describe('Puller', () => {
       assert.equal(puller.pulledChunks, 3000);
     });
 
-    it('takes a new maxQueueMs at any time: 0 opens the window at once, a value after 0 starts it at 16 again', async () => {
+    it('takes a new maxQueueMs at any time: 0 opens the window at once, a value after 0 starts it at 4', async () => {
       const gate = new Gate();
       const store = new TestStore(100, () => gate.wait());
       const puller = new Puller(store, { chunkSize: 1, size: 100, workers: 40, maxQueueMs: 0 });
       puller.start();
       assert.equal(store.inFlight, 40);
       puller.maxQueueMs = 1;
-      assert.equal(puller.window, 16, 'what is in flight drains before more starts');
+      assert.equal(puller.window, 4, 'what is in flight drains before more starts');
       gate.open();
       puller.finalize([]);
       await within(puller.wait(), 'wait()');
