@@ -200,7 +200,7 @@ function report(result: FinalizeResult, leecher: Leecher, size: number, totalMs:
   log.info(summary, 'migration complete');
   const downtime = summary.resumedAfterFinalize
     ? `resumed after it had finalized (${summary.localChunksAtSync}/${summary.totalChunks} chunks local then)`
-    : `downtime ${summary.downtimeMs.toFixed(1)} ms (${summary.dirtyChunksAtSync} dirty chunks at the sync, ${summary.localChunksAtSync}/${summary.totalChunks} local then, ${summary.rounds} pre-copy rounds)`;
+    : `downtime ${summary.downtimeMs.toFixed(1)} ms (${summary.dirtyChunksAtSync} dirty chunks at the sync, ${summary.localChunksAtSync}/${summary.totalChunks} local then, ${summary.rounds} pre-copy round${summary.rounds === 1 ? '' : 's'})`;
   process.stderr.write(`r3map-leech: migrated ${formatSize(size)} in ${(totalMs / 1000).toFixed(2)} s; ${downtime}; fetched ${formatSize(summary.fetchedBytes)}\n`);
   if (json) process.stdout.write(`${JSON.stringify(summary)}\n`);
 }
