@@ -42,7 +42,7 @@ export function addGrpcListenOptions(cmd: Command, listenHelp: string, listenDef
 }
 
 /** Parses and checks the gRPC flags and reads their files, before any backend is opened. */
-export async function grpcSetup(flags: GrpcListenFlags, log: Logger): Promise<GrpcSetup> {
+export async function grpcSetup(flags: GrpcListenFlags, log: Logger, options: { readonly tlsUsedElsewhere?: boolean } = {}): Promise<GrpcSetup> {
   const addresses = flags.listen.map((uri) => parseGrpcListenUri(uri));
   if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
   if (flags.tlsClientCa !== undefined && flags.tlsCert === undefined) throw new UsageError('--tls-client-ca needs --tls-cert and --tls-key');
@@ -52,7 +52,7 @@ export async function grpcSetup(flags: GrpcListenFlags, log: Logger): Promise<Gr
     ...(flags.tlsClientCa !== undefined ? { clientCa: await readPemFile(flags.tlsClientCa, '--tls-client-ca') } : {}),
   };
   for (const address of addresses) checkListenerSecurity(address, { tls, insecure: flags.insecure });
-  if (tls !== undefined && !addresses.some((a) => a.scheme === 'grpcs')) log.warn('--tls-cert is given but no grpcs:// listener uses it');
+  if (tls !== undefined && options.tlsUsedElsewhere !== true && !addresses.some((a) => a.scheme === 'grpcs')) log.warn('--tls-cert is given but no grpcs:// listener uses it');
   const token = flags.tokenFile === undefined ? undefined : await BearerToken.fromFile(flags.tokenFile);
   return { addresses, ...(tls !== undefined ? { tls } : {}), ...(token !== undefined ? { token } : {}) };
 }

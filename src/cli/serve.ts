@@ -20,13 +20,16 @@ interface ServeFlags extends GrpcListenFlags {
   readOnly: boolean;
   maxPayload: number;
   maxInFlight: number;
+  nbdTls: NbdTlsMode;
 }
+
+type NbdTlsMode = 'off' | 'on' | 'require';
 
 export function serveCommand(): Command {
   return addGrpcListenOptions(new Command('r3map-serve')
     .description([
       'Serve a backend over gRPC (the r3map Backend service) and NBD at once.',
-      'Prints one line per listener on stdout when ready (a grpc://, grpcs://, grpc+unix://, nbd:// or nbd+unix:// URI), logs to stderr; SIGTERM stops accepting, finishes in-flight calls, syncs the backend and exits 0. Without --listen and --nbd-listen it serves NBD on 127.0.0.1:10809.',
+      'Prints one line per listener on stdout when ready (a grpc://, grpcs://, grpc+unix://, nbd://, nbds://, nbd+unix:// or nbds+unix:// URI), logs to stderr; SIGTERM stops accepting, finishes in-flight calls, syncs the backend and exits 0. Without --listen and --nbd-listen it serves NBD on 127.0.0.1:10809.',
     ].join('\n\n'))
     .requiredOption('--backend <uri>', `what to serve: ${ACCEPTED_BACKEND_URIS.join(' | ')}`)
     .option('--size <bytes>', 'size of the resource (1GiB, 512MiB, 4096); needed for memory and new files', sizeArg)
@@ -36,11 +39,14 @@ export function serveCommand(): Command {
     .addOption(new Option('--export <name=uri>', 'an extra named export, repeatable (--size applies unless the URI has ?size=; --read-only applies)').default([], 'none').argParser(collect))
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
-    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg)), 'gRPC listener');
+    .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg))
+    .addOption(new Option('--nbd-tls <mode>', 'NBD STARTTLS with --tls-cert and --tls-key (--tls-client-ca: clients must present a certificate it signed): on = offered, plaintext clients are served too; require = every client must upgrade (the printed URIs are nbds://)').choices(['off', 'on', 'require']).default('off')), 'gRPC listener');
 }
 
 async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promise<number> {
-  const grpcFlags = await grpcSetup(flags, log);
+  const grpcFlags = await grpcSetup(flags, log, { tlsUsedElsewhere: flags.nbdTls !== 'off' });
+  if (flags.nbdTls !== 'off' && grpcFlags.tls === undefined) throw new UsageError(`--nbd-tls ${flags.nbdTls} needs --tls-cert and --tls-key`);
+  const nbdTls = flags.nbdTls === 'off' || grpcFlags.tls === undefined ? undefined : { ...grpcFlags.tls, require: flags.nbdTls === 'require' };
   if (grpcFlags.token !== undefined && flags.nbdListen.length > 0) log.warn('--token-file guards the gRPC listeners only; NBD clients are not asked for it');
   const opened: Backend[] = [];
   let closeFailed = false;
@@ -66,7 +72,7 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
     if (flags.maxInFlight === 0) throw new UsageError('--max-in-flight must be at least 1');
     const listens = flags.nbdListen.length > 0 || grpcFlags.addresses.length > 0 ? flags.nbdListen : ['127.0.0.1:10809'];
     const addresses = listens.map((a) => parseListenAddress(a));
-    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, log });
+    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, ...(nbdTls !== undefined ? { tls: nbdTls } : {}), log });
     // gRPC serves the first export (the Backend service has no export names).
     const grpcServer = grpcFlags.addresses.length === 0 ? undefined : new GrpcServer({
       backend: exports[0]!.backend,
@@ -83,8 +89,9 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
       for (const address of addresses) {
         const bound = await server.listen(address);
         const name = encodeURIComponent(flags.exportName);
-        const uri = bound.startsWith('unix:') ? `nbd+unix:///${name}?socket=${bound.slice(5)}` : `nbd://${bound}/${name}`;
-        log.info({ listen: bound, exports: exports.map((e) => e.name), size: exports[0]!.backend.size }, 'serving NBD');
+        const scheme = nbdTls?.require === true ? 'nbds' : 'nbd';
+        const uri = bound.startsWith('unix:') ? `${scheme}+unix:///${name}?socket=${bound.slice(5)}` : `${scheme}://${bound}/${name}`;
+        log.info({ listen: bound, exports: exports.map((e) => e.name), size: exports[0]!.backend.size, tls: flags.nbdTls, mtls: nbdTls?.clientCa !== undefined }, 'serving NBD');
         process.stdout.write(`${uri}\n`);
       }
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));

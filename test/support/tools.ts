@@ -124,12 +124,12 @@ export async function runOk(cmd: string, args: readonly string[], options: RunOp
 export function parseNbdUri(uri: string): { address: NbdAddress; exportName: string } {
   const url = new URL(uri);
   const exportName = decodeURIComponent(url.pathname.replace(/^\//, ''));
-  if (url.protocol === 'nbd+unix:') {
+  if (url.protocol === 'nbd+unix:' || url.protocol === 'nbds+unix:') {
     const socket = url.searchParams.get('socket');
     if (socket === null) throw new Error(`${uri}: no ?socket=`);
     return { address: { path: socket }, exportName };
   }
-  if (url.protocol !== 'nbd:') throw new Error(`${uri}: not an nbd:// or nbd+unix:// URI`);
+  if (url.protocol !== 'nbd:' && url.protocol !== 'nbds:') throw new Error(`${uri}: not an nbd(s):// or nbd(s)+unix:// URI`);
   return { address: { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || 10809) }, exportName };
 }
 
@@ -177,7 +177,7 @@ export async function startServe(args: readonly string[], options: ServeOptions)
   const lines = createInterface({ input: child.stdout! });
   const ready = new Promise<void>((resolve, reject) => {
     lines.on('line', (line) => {
-      if (/^nbd(\+unix)?:\/\//.test(line.trim())) uris.push(line.trim());
+      if (/^nbds?(\+unix)?:\/\//.test(line.trim())) uris.push(line.trim());
       if (uris.length === kinds.length) resolve();
     });
     void exited.then((code) => reject(new Error(`r3map-serve exited with ${code} before it was ready\nstderr: ${stderr}`)));
