@@ -2,8 +2,9 @@
  * ManagedBackend: a managed mount's composed stack as the Backend the NBD server serves. Reads and
  * writes go to the top stage (ArbitraryReadWriterAt); a WRITE payload that arrived in several
  * socket chunks goes down as pieces (`writev`), so managed mounts keep the zero-copy write path of
- * direct mounts. A FLUSH (sync) runs the mount's flush (see managed.ts); close() is left to the
- * mount, which owns every stage and closes them in order.
+ * direct mounts. A FLUSH (sync) runs the mount's flush (see managed.ts); a CACHE runs `cache` when
+ * given (the chunks of the range are pulled ahead); close() is left to the mount, which owns every
+ * stage and closes them in order.
  */
 import type { Backend, ReadWriterAt, ScatterWriter } from '../pipeline/types.js';
 
@@ -14,12 +15,15 @@ export class ManagedBackend implements Backend {
   readonly canMultiConn = false;
   readonly #next: ReadWriterAt & Required<ScatterWriter>;
   readonly #flush: () => Promise<void>;
+  /** Present when the mount can pull a range ahead (NBD_CMD_CACHE). */
+  readonly cache: ((off: number, length: number) => Promise<void>) | undefined;
 
-  constructor(next: ReadWriterAt & Required<ScatterWriter>, size: number, readOnly: boolean, flush: () => Promise<void>) {
+  constructor(next: ReadWriterAt & Required<ScatterWriter>, size: number, readOnly: boolean, flush: () => Promise<void>, cache?: (off: number, length: number) => Promise<void>) {
     this.#next = next;
     this.size = size;
     this.readOnly = readOnly;
     this.#flush = flush;
+    this.cache = cache;
   }
 
   readAt(buf: Buffer, off: number): Promise<void> {

@@ -157,7 +157,8 @@ export async function openManagedStack(options: ResolvedManagedMountOptions, log
     undo.unshift({ what: 'stop the puller', run: () => puller.close() });
     if (options.pullFirst) await puller.wait();
     const flush = state !== undefined ? () => state.save('full') : pusher !== undefined ? () => pusher.sync().then(() => undefined) : () => Promise.resolve();
-    const device = await attach(new ManagedBackend(arbitrary, size, readOnly, flush), options, log);
+    const cache = (off: number, length: number): Promise<void> => synced.pullRange(off, length);
+    const device = await attach(new ManagedBackend(arbitrary, size, readOnly, flush, cache), options, log);
     const parts = { options, log, events, remote: opened, remoteStage, local, state, pusher, table, puller, device };
     return new ManagedStack(parts, remoteStage.pulledBytes, state?.restored.local.length ?? 0);
   } catch (err) {

@@ -38,6 +38,8 @@ import {
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_CACHE,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
@@ -98,7 +100,8 @@ export type HandshakeStatus = 'more' | 'transmission' | 'abort' | 'starttls';
 export function transmissionFlagsFor(exp: NbdExport): number {
   let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
   if (isReadOnly(exp)) flags |= NBD_FLAG_READ_ONLY;
-  else flags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES;
+  else flags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+  flags |= NBD_FLAG_SEND_CACHE; // honoured by every export: a managed mount pulls ahead, others succeed at once
   if (exp.backend.canMultiConn === true) flags |= NBD_FLAG_CAN_MULTI_CONN;
   return flags;
 }

@@ -22,8 +22,8 @@ import type { Logger } from '../log.js';
 import type { Backend } from '../pipeline/types.js';
 import { encodeSimpleReply } from './codec.js';
 import {
-  NBD_CMD_DISC, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FUA, NBD_SIMPLE_REPLY_SIZE,
+  NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
+  NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_EOVERFLOW, NBD_EPERM, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FUA, NBD_SIMPLE_REPLY_SIZE,
 } from './constants.js';
 import { replyErrnoFor } from './errno.js';
 import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
@@ -69,6 +69,8 @@ export class Transmission implements RequestSink {
   readonly #readOnly: boolean;
   /** FUA where advertised (writable exports), else 0: an unadvertised flag is EINVAL. */
   readonly #fuaFlag: number;
+  /** FAST_ZERO where advertised (writable exports), else 0. */
+  readonly #fastZeroFlag: number;
   /** RequestSink: multi-chunk WRITE payloads as chunk views, for backend.writev. */
   readonly scatterWrites: boolean;
   #state = STATE_RUNNING;
@@ -96,6 +98,7 @@ export class Transmission implements RequestSink {
     this.#log = options.log;
     this.#readOnly = (options.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0;
     this.#fuaFlag = (options.transmissionFlags & NBD_FLAG_SEND_FUA) !== 0 ? NBD_CMD_FLAG_FUA : 0;
+    this.#fastZeroFlag = (options.transmissionFlags & NBD_FLAG_SEND_FAST_ZERO) !== 0 ? NBD_CMD_FLAG_FAST_ZERO : 0;
     this.scatterWrites = options.backend.writev !== undefined;
     this.#parser = new RequestParser(this);
     this.#pool = new PayloadPool({ maxRetainedBytes: Math.min(options.maxInFlightBytes, 32 * 1024 * 1024) });
@@ -136,9 +139,11 @@ export class Transmission implements RequestSink {
       case NBD_CMD_WRITE:
       case NBD_CMD_TRIM:
       case NBD_CMD_WRITE_ZEROES: {
-        const allowed = type === NBD_CMD_WRITE_ZEROES ? this.#fuaFlag | NBD_CMD_FLAG_NO_HOLE : this.#fuaFlag;
+        const allowed = type === NBD_CMD_WRITE_ZEROES ? this.#fuaFlag | NBD_CMD_FLAG_NO_HOLE | this.#fastZeroFlag : this.#fuaFlag;
         if ((flags & ~allowed) !== 0) return NBD_EINVAL;
         if (type !== NBD_CMD_READ && this.#readOnly) return NBD_EPERM;
+        // FAST_ZERO: fail at once where a zero is no quicker than writing zeros (the spec's MUST).
+        if ((flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && this.#backend.zero === undefined) return NBD_ENOTSUP;
         if (type !== NBD_CMD_TRIM && type !== NBD_CMD_WRITE_ZEROES && length > this.#options.maxPayload) return NBD_EOVERFLOW;
         if (offset + length > this.#options.size) {
           // The spec: a write past the end SHOULD fail with ENOSPC (as nbdkit does); reads and trims with EINVAL.
@@ -150,6 +155,8 @@ export class Transmission implements RequestSink {
       }
       case NBD_CMD_FLUSH:
         return (flags & ~this.#fuaFlag) !== 0 || offset !== 0 || length !== 0 ? NBD_EINVAL : 0;
+      case NBD_CMD_CACHE:
+        return flags !== 0 || offset + length > this.#options.size ? NBD_EINVAL : 0;
       case NBD_CMD_DISC:
         return 0;
       default:
@@ -215,6 +222,9 @@ export class Transmission implements RequestSink {
         case NBD_CMD_WRITE_ZEROES:
           await this.#zero(req.offset, req.length);
           this.#dirty = true;
+          break;
+        case NBD_CMD_CACHE:
+          if (backend.cache !== undefined) await backend.cache(req.offset, req.length);
           break;
       }
       if ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && req.type !== NBD_CMD_READ && req.type !== NBD_CMD_FLUSH) await this.#sync();

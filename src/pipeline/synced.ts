@@ -122,6 +122,26 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
     }
   }
 
+  /**
+   * Makes every chunk that [off, off + length) touches LOCAL (NBD_CMD_CACHE), `concurrency` pulls at
+   * a time; resolves when they all are. Rejects with the first failure (the others still finish).
+   */
+  async pullRange(off: number, length: number, concurrency = 16): Promise<void> {
+    if (length <= 0) return;
+    const end = Math.min(off + length, this.size);
+    let next = Math.floor(off / this.chunkSize) * this.chunkSize;
+    const lane = async (): Promise<void> => {
+      while (next < end) {
+        const at = next;
+        next += this.chunkSize;
+        await this.pull(at);
+      }
+    };
+    const lanes = Math.max(1, Math.min(concurrency, Math.ceil((end - next) / this.chunkSize)));
+    const results = await Promise.allSettled(Array.from({ length: lanes }, lane));
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
   /** Marks chunks REMOTE again (their remote data is newer); the next read or pull fetches them. */
   markAsRemote(offsets: readonly number[]): void {
     this.#mark(offsets, ChunkState.REMOTE);

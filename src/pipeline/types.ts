@@ -52,8 +52,17 @@ export interface Backend extends ReadWriterAt, BackendCapabilities {
   close(): Promise<void>;
   /** Discard a range; afterwards it reads as zeros. */
   trim?(off: number, length: number): Promise<void>;
-  /** Write zeros over a range, cheaper than writeAt where the store allows. */
+  /**
+   * Write zeros over a range, cheaper than writeAt where the store allows. A backend that has it
+   * promises it is never slower than writing zeros (the NBD server answers FAST_ZERO requests on it,
+   * and fails them with ENOTSUP on a backend without it).
+   */
   zero?(off: number, length: number): Promise<void>;
+  /**
+   * Make a range quick to read soon (NBD_CMD_CACHE): a managed mount pulls its chunks ahead. The
+   * NBD server treats CACHE on a backend without it as a no-op that succeeds.
+   */
+  cache?(off: number, length: number): Promise<void>;
   /**
    * Scatter write: `bufs` are the contiguous pieces of one write of their total length at `off`
    * (as if concatenated; empty pieces allowed). Same result and errors as `writeAt` of the

@@ -6,34 +6,15 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
-import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { describeRun, requireTool, runTool, serveFixture, type ServeFixture } from '../support/tools.js';
+import { nbdsh as runNbdsh } from '../support/nbdsh.js';
+import { requireTool, serveFixture, type ServeFixture } from '../support/tools.js';
+
+/** nbdsh against one of the fixture's listeners, its script in the fixture's directory. */
+function nbdsh(fixture: ServeFixture, uri: string, name: string, body: string): Promise<Record<string, unknown>> {
+  return runNbdsh(fixture.dir(), uri, name, body);
+}
 
 const SIZE = 64 * 1024 * 1024;
-
-const PRELUDE = `
-import nbd, json, os
-uri = os.environ['R3MAP_URI']
-out = {}
-def err(f):
-    try:
-        f()
-        return 'ok'
-    except nbd.Error as e:
-        return str(e.errno)
-`;
-
-/** Runs a python script in nbdsh (Debian's python3 via TOOL_PATH) and returns what it put in `out`. */
-async function nbdsh(fixture: ServeFixture, uri: string, name: string, body: string): Promise<Record<string, unknown>> {
-  const file = path.join(fixture.dir(), `${name}.py`);
-  await writeFile(file, `${PRELUDE}\n${body}\nprint(json.dumps(out))\n`);
-  const args = ['-n', '-c', `exec(open(${JSON.stringify(file)}).read())`];
-  const r = await runTool('nbdsh', args, { timeoutMs: 60_000, env: { R3MAP_URI: uri } });
-  assert.equal(r.code, 0, describeRun('nbdsh', args, r));
-  const lines = r.stdout.trim().split('\n');
-  return JSON.parse(lines[lines.length - 1]!) as Record<string, unknown>;
-}
 
 const OPTION_MODE = `
 h = nbd.NBD()
@@ -81,6 +62,14 @@ h.pwrite(b'\\x11' * 8192, 2097152)
 h.zero(4096, 2097152, nbd.CMD_FLAG_NO_HOLE)
 got = h.pread(8192, 2097152)
 out['zeroed'] = got[:4096] == bytes(4096) and got[4096:] == b'\\x11' * 4096
+# CACHE (advertised on every export) and FAST_ZERO (the memory backend zeroes natively).
+out['can_cache'] = h.can_cache()
+h.cache(1048576, 0)
+out['cache_past_end'] = err(lambda: h.cache(4096, size - 512))
+out['can_fast_zero'] = h.can_fast_zero()
+h.pwrite(b'\\x22' * 4096, 4194304)
+h.zero(4096, 4194304, nbd.CMD_FLAG_FAST_ZERO)
+out['fast_zeroed'] = h.pread(4096, 4194304) == bytes(4096)
 # CAN_MULTI_CONN: a flushed write on one connection is seen by another.
 g = nbd.NBD()
 g.connect_uri(uri)
@@ -102,6 +91,8 @@ const READ_ONLY = `
 h = nbd.NBD()
 h.connect_uri(uri)
 out['ro'] = h.is_read_only()
+out['cache'] = [h.can_cache(), h.can_fast_zero()]
+h.cache(4096, 0)
 h.set_strict_mode(0)
 out['write'] = err(lambda: h.pwrite(b'x' * 512, 0))
 out['usable'] = h.pread(512, 0) == bytes(512)
@@ -140,6 +131,10 @@ describe('nbdsh option mode and transmission against r3map-serve', { timeout: 12
         usable_after_oversized: true,
         trimmed_zero: true,
         zeroed: true,
+        can_cache: true,
+        cache_past_end: 'EINVAL',
+        can_fast_zero: true,
+        fast_zeroed: true,
         multi_conn: true,
         seen_by_other: true,
         pipelined: true,
@@ -154,7 +149,7 @@ describe('nbdsh against a --read-only export', { timeout: 60_000 }, () => {
   test('a write (sent with strict mode off) is refused with EPERM and the connection stays usable', async (t) => {
     if (!requireTool(t, 'nbdsh')) return;
     const out = await nbdsh(serve, serve.targets()[0]!.uri, 'ro', READ_ONLY);
-    assert.deepEqual(out, { ro: true, write: 'EPERM', usable: true });
+    assert.deepEqual(out, { ro: true, cache: [true, false], write: 'EPERM', usable: true });
   });
 });
 

@@ -10,10 +10,13 @@ import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest } from '../../src/nbd/codec.js';
 import {
+  NBD_CMD_CACHE,
   NBD_CMD_DISC,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NBD_OPT_ABORT,
@@ -62,6 +65,9 @@ const CORPUS: readonly Case[] = [
   { name: 'an offset of 2^64-1', phase: 'transmission', bytes: Buffer.concat([hex('25609513 0000 0000 0000000000000001 ffffffffffffffff 00000200')]) },
   { name: 'a READ of 4 GiB', phase: 'transmission', bytes: req(NBD_CMD_READ, 0, 0xffffffff) },
   { name: 'a TRIM of 4 GiB past the end', phase: 'transmission', bytes: req(NBD_CMD_TRIM, 2 ** 40, 0xffffffff) },
+  { name: 'a CACHE of 4 GiB past the end', phase: 'transmission', bytes: req(NBD_CMD_CACHE, 2 ** 40, 0xffffffff) },
+  { name: 'a CACHE then garbage', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_CACHE, 0, 1 << 20), Buffer.alloc(40, 0x5a)]) },
+  { name: 'a FAST_ZERO of 4 GiB', phase: 'transmission', bytes: encodeRequest({ flags: NBD_CMD_FLAG_FAST_ZERO, type: NBD_CMD_WRITE_ZEROES, handleHi: 0, handleLo: 9, offset: 0, length: 0xffffffff }) },
   { name: 'requests after NBD_CMD_DISC', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_DISC, 0, 0), req(NBD_CMD_READ, 0, 512), Buffer.from('garbage')]) },
   { name: 'a valid READ then garbage', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_READ, 0, 512), Buffer.alloc(40, 0x13)]) },
 ];

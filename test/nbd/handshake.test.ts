@@ -9,6 +9,8 @@ import {
   NBD_FLAG_C_NO_ZEROES,
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_CACHE,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -220,9 +222,10 @@ describe('Handshake', () => {
   test('advertises flags honest to the export', () => {
     assert.equal(
       transmissionFlagsFor(DISK),
-      NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_CAN_MULTI_CONN,
+      NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO |
+        NBD_FLAG_SEND_CACHE | NBD_FLAG_CAN_MULTI_CONN,
     );
-    assert.equal(transmissionFlagsFor(RO), NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_READ_ONLY);
+    assert.equal(transmissionFlagsFor(RO), NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_CACHE);
     const roBackend: NbdExport = { name: 'x', backend: new BufferBackend({ size: 512, readOnly: true }) };
     assert.equal(transmissionFlagsFor(roBackend) & NBD_FLAG_READ_ONLY, NBD_FLAG_READ_ONLY);
   });
