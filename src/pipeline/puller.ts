@@ -7,8 +7,12 @@ import { ChunkTable, PullState } from './chunk-table.js';
 import { ascending, pullOrder, type PullPriority } from './pull-priority.js';
 import type { ReaderAt } from './types.js';
 
-/** A reader the puller can drive; `pull(off)` makes a chunk local without returning its data. */
-export type PullSource = ReaderAt & Partial<{ pull(off: number): Promise<void> }>;
+/**
+ * A reader the puller can drive; `pull(off)` makes a chunk local without returning its data and
+ * resolves with false when it had nothing to fetch (the chunk was local already): such a pull
+ * says nothing about the remote's round trip, so the window leaves it out of its samples.
+ */
+export type PullSource = ReaderAt & Partial<{ pull(off: number): Promise<boolean | void> }>;
 
 export interface PullerOptions {
   /** Bytes per chunk; every chunk but the last is this long. */
@@ -23,9 +27,9 @@ export interface PullerOptions {
   /** Backoff before the first retry, doubled for each further one (default 100). */
   readonly retryDelayMs?: number;
   /**
-   * How much longer than the quickest pull seen a pull may take (ms) before fewer pulls are kept in
-   * flight: the queueing the background pull may add to the remote connection and the event loop
-   * that also serve the device's reads. Default 1; 0 keeps `workers` in flight whatever happens.
+   * The queueing (ms) the background pull may add to the remote connection and the event loop that
+   * also serve the device's reads: the window (see the class comment) shrinks when pulls wait longer
+   * than this. Default 1; 0 keeps `workers` in flight whatever happens. Settable later (maxQueueMs).
    */
   readonly maxQueueMs?: number;
   /** The stack's chunk table (its `pull` column is this puller's queue); default: a table of its own. */
@@ -346,9 +350,10 @@ export class Puller extends EventEmitter<PullerEvents> {
     for (let attempt = 0; ; attempt++) {
       try {
         const started = performance.now();
-        if (buf === undefined) await this.#source.pull!(off);
+        let fetched: boolean | void = true;
+        if (buf === undefined) fetched = await this.#source.pull!(off);
         else await this.#source.readAt(off + chunkSize > size ? buf.subarray(0, size - off) : buf, off);
-        this.#sample(performance.now() - started);
+        if (fetched !== false) this.#sample(performance.now() - started);
         return true;
       } catch (err) {
         if (this.#closed || this.#settled) return false;

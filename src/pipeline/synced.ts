@@ -106,12 +106,13 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
   }
 
   /**
-   * Makes the chunk at `off` LOCAL without returning its data (for the Puller). If markAsRemote
-   * hits the chunk while it is being fetched, it resolves with the chunk still REMOTE.
+   * Makes the chunk at `off` LOCAL without returning its data (for the Puller); true when it
+   * fetched it, false when the chunk was LOCAL already. If markAsRemote hits the chunk while it is
+   * being fetched, it resolves (true) with the chunk still REMOTE.
    */
-  async pull(off: number): Promise<void> {
+  async pull(off: number): Promise<boolean> {
     const i = this.#index(off);
-    if (this.#state[i] === ChunkState.LOCAL) return;
+    if (this.#state[i] === ChunkState.LOCAL) return false;
     const release = await this.#locks.acquire(i);
     const tmp = this.#state[i] === ChunkState.LOCAL ? undefined : this.#pool.take(chunkLength(off, this.size, this.chunkSize));
     try {
@@ -120,6 +121,7 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
       if (tmp !== undefined) this.#pool.give(tmp);
       release();
     }
+    return tmp !== undefined;
   }
 
   /**

@@ -222,6 +222,27 @@ describe('Puller', () => {
       assert.equal(source.maxInFlight, 64);
     });
 
+    it('leaves pulls that fetched nothing (the chunk was local) out of its samples', async () => {
+      const source = remote(10, 0);
+      const local = 2000; // a resumed cache: these answer at once
+      const pull = async (off: number): Promise<boolean> => {
+        if (off < local) return false;
+        await source.readAt();
+        return true;
+      };
+      const puller = new Puller({ readAt: () => Promise.resolve(), pull }, { chunkSize: 1, size: local + 1500, workers: 64, maxQueueMs: 2 });
+      let lowest = Infinity;
+      const watch = setInterval(() => void (puller.pulledChunks > local && (lowest = Math.min(lowest, puller.window))), 5);
+      puller.start();
+      puller.finalize([]);
+      try {
+        await within(puller.wait(), 'wait()');
+      } finally {
+        clearInterval(watch);
+      }
+      assert.ok(lowest >= 32, `instant pulls must not pass for the round trip: the window fell to ${lowest}`);
+    });
+
     it('keeps far fewer than its workers in flight when more would only queue', async () => {
       const source = remote(2, 0.25); // 8 pulls fill the link; 256 would queue for 64 ms
       const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 256 });
