@@ -388,7 +388,13 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const started = performance.now();
     // From now on reads of the device come: the pulls in flight drain during the Sync round trip.
     this.#puller.maxQueueMs = this.#options.pullMaxQueueMs ?? 1;
-    const { offsets } = await this.#seeder.sync(this.#since);
+    let offsets: readonly number[];
+    try {
+      ({ offsets } = await this.#seeder.sync(this.#since));
+    } catch (err) {
+      this.#puller.maxQueueMs = 0; // still locked: the pre-copy goes on at full width
+      throw err;
+    }
     const mine = this.#chunksOf(offsets);
     this.#synced.markAsRemote(mine);
     this.#puller.finalize(mine);
