@@ -9,9 +9,10 @@
  * [0, size) is accepted, sizes above 4 GiB included (page indexes are plain numbers, no
  * 32-bit arithmetic). Every call runs to completion synchronously inside its promise, so
  * concurrent calls never interleave.
- * `trim` and `zero` drop whole pages and zero partial ones.
+ * `trim` and `zero` drop whole pages and zero partial ones. `extents` reports the pages never
+ * allocated as holes of zeros (NBD base:allocation).
  */
-import type { Backend } from '../pipeline/types.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 
 export interface MemoryBackendOptions {
@@ -64,6 +65,26 @@ export class MemoryBackend implements Backend {
   /** @deprecated The old name of `pageSize`. */
   get chunkSize(): number {
     return this.pageSize;
+  }
+
+  /**
+   * base:allocation: a never-written (or trimmed, or zeroed) page is a hole that reads as zeros;
+   * an allocated page is data (it may hold zeros: only its allocation is known). Page-granular.
+   */
+  async extents(off: number, length: number): Promise<readonly BackendExtent[]> {
+    this.#check(off, length, false);
+    const out: { length: number; flags: number }[] = [];
+    const end = off + length;
+    for (let pos = off; pos < end; ) {
+      const index = Math.floor(pos / this.pageSize);
+      const stop = Math.min(end, (index + 1) * this.pageSize);
+      const flags = this.#pages.has(index) ? 0 : EXTENT_HOLE | EXTENT_ZERO;
+      const last = out[out.length - 1];
+      if (last !== undefined && last.flags === flags) last.length += stop - pos;
+      else out.push({ length: stop - pos, flags });
+      pos = stop;
+    }
+    return out;
   }
 
   /** Pages currently allocated (for tests and diagnostics). */

@@ -23,6 +23,7 @@ import {
   NBD_REQUEST_MAGIC,
   NBD_REQUEST_SIZE,
   NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC,
 } from './constants.js';
 
 const TWO_32 = 2 ** 32;
@@ -274,4 +275,89 @@ export function decodeString(buf: Buffer, off: number, length: number): string |
   const bytes = buf.subarray(off, off + length);
   if (bytes.includes(0)) return undefined;
   return bytes.toString('utf8');
+}
+
+/** Structured reply chunk types (the spec's NBD_REPLY_TYPE_*) and flags this server sends. */
+export const NBD_REPLY_FLAG_DONE = 1;
+export const NBD_REPLY_TYPE_NONE = 0;
+export const NBD_REPLY_TYPE_OFFSET_DATA = 1;
+export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
+export const NBD_REPLY_TYPE_ERROR = 2 ** 15 + 1;
+/** magic u32, flags u16, type u16, cookie u64, length u32. */
+export const NBD_STRUCTURED_REPLY_HEADER_SIZE = 20;
+/** base:allocation extent flags. */
+export const NBD_STATE_HOLE = 1;
+export const NBD_STATE_ZERO = 2;
+
+/** One structured reply chunk header at `off`; `length` is the payload's byte count. */
+export function encodeStructuredReplyHeader(buf: Buffer, off: number, flags: number, type: number, handleHi: number, handleLo: number, length: number): void {
+  buf.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, off);
+  buf.writeUInt16BE(flags, off + 4);
+  buf.writeUInt16BE(type, off + 6);
+  buf.writeUInt32BE(handleHi, off + 8);
+  buf.writeUInt32BE(handleLo, off + 12);
+  buf.writeUInt32BE(length, off + 16);
+}
+
+/** An NBD_REPLY_TYPE_ERROR chunk (DONE) without a message. */
+export function encodeStructuredError(errno: number, handleHi: number, handleLo: number): Buffer {
+  const buf = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + 6);
+  encodeStructuredReplyHeader(buf, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, handleHi, handleLo, 6);
+  buf.writeUInt32BE(errno, 20);
+  buf.writeUInt16BE(0, 24);
+  return buf;
+}
+
+/** One extent of a BLOCK_STATUS reply: `length` bytes with the base:allocation `flags`. */
+export interface NbdExtent {
+  readonly length: number;
+  readonly flags: number;
+}
+
+/** An NBD_REPLY_TYPE_BLOCK_STATUS chunk (DONE) for one meta context. */
+export function encodeBlockStatusReply(contextId: number, extents: readonly NbdExtent[], handleHi: number, handleLo: number): Buffer {
+  const length = 4 + 8 * extents.length;
+  const buf = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + length);
+  encodeStructuredReplyHeader(buf, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, handleHi, handleLo, length);
+  buf.writeUInt32BE(contextId, 20);
+  let at = 24;
+  for (const e of extents) {
+    buf.writeUInt32BE(e.length, at);
+    buf.writeUInt32BE(e.flags, at + 4);
+    at += 8;
+  }
+  return buf;
+}
+
+/** NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data: the export and the queries. */
+export type MetaContextRequest = { readonly ok: true; readonly name: string; readonly queries: readonly string[] } | { readonly ok: false; readonly reason: string };
+
+export function decodeMetaContextRequest(data: Buffer): MetaContextRequest {
+  if (data.length < 8) return { ok: false, reason: `option data of ${data.length} bytes is shorter than 8` };
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.length - 8) return { ok: false, reason: `export name length ${nameLength} overruns the option data` };
+  const name = decodeString(data, 4, nameLength);
+  if (name === undefined) return { ok: false, reason: `export name is not a valid string (${nameLength} bytes)` };
+  const count = data.readUInt32BE(4 + nameLength);
+  const queries: string[] = [];
+  let at = 8 + nameLength;
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > data.length) return { ok: false, reason: `query ${i} of ${count} overruns the option data` };
+    const length = data.readUInt32BE(at);
+    const query = decodeString(data, at + 4, length);
+    if (query === undefined) return { ok: false, reason: `query ${i} is not a valid string (${length} bytes)` };
+    queries.push(query);
+    at += 4 + length;
+  }
+  if (at !== data.length) return { ok: false, reason: `${data.length - at} bytes after the last query` };
+  return { ok: true, name, queries };
+}
+
+/** NBD_REP_META_CONTEXT data: the context id and its name. */
+export function encodeRepMetaContext(id: number, name: string): Buffer {
+  const text = Buffer.from(name, 'utf8');
+  const buf = Buffer.allocUnsafe(4 + text.length);
+  buf.writeUInt32BE(id, 0);
+  text.copy(buf, 4);
+  return buf;
 }

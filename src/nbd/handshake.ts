@@ -15,6 +15,7 @@ import { NbdProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
   decodeInfoRequest,
+  decodeMetaContextRequest,
   decodeOptionHeader,
   decodeString,
   encodeExportNameReply,
@@ -23,6 +24,7 @@ import {
   encodeInfoExport,
   encodeInfoString,
   encodeOptionReply,
+  encodeRepMetaContext,
   encodeRepServer,
   type NbdOptionHeader,
 } from './codec.js';
@@ -39,6 +41,7 @@ import {
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_CACHE,
+  NBD_FLAG_SEND_DF,
   NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_WRITE_ZEROES,
   NBD_INFO_DESCRIPTION,
@@ -50,13 +53,17 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STARTTLS,
+  NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
   NbdOpt,
   nameOf,
@@ -88,7 +95,15 @@ export interface HandshakeResult {
   readonly transmissionFlags: number;
   /** Bytes that followed the final option in the same chunk (already transmission phase). */
   readonly remainder: Buffer | undefined;
+  /** NBD_OPT_STRUCTURED_REPLY was negotiated: READ and BLOCK_STATUS replies are structured. */
+  readonly structured?: boolean;
+  /** The id of base:allocation when the client selected it for this export (BLOCK_STATUS). */
+  readonly allocationContext?: number;
 }
+
+/** The one meta context this server offers, and the id it answers with. */
+export const BASE_ALLOCATION = 'base:allocation';
+const BASE_ALLOCATION_ID = 1;
 
 /**
  * 'more': keep feeding; 'transmission': `result` is set; 'abort': the client sent NBD_OPT_ABORT;
@@ -97,8 +112,9 @@ export interface HandshakeResult {
 export type HandshakeStatus = 'more' | 'transmission' | 'abort' | 'starttls';
 
 /** Transmission flags for an export, honest to its backend (as nbdkit: no write features when read-only). */
-export function transmissionFlagsFor(exp: NbdExport): number {
+export function transmissionFlagsFor(exp: NbdExport, structured = false): number {
   let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
+  if (structured) flags |= NBD_FLAG_SEND_DF; // a READ is always one chunk: DF costs nothing
   if (isReadOnly(exp)) flags |= NBD_FLAG_READ_ONLY;
   else flags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
   flags |= NBD_FLAG_SEND_CACHE; // honoured by every export: a managed mount pulls ahead, others succeed at once
@@ -130,6 +146,9 @@ export class Handshake {
   #optionCount = 0;
   #noZeroes = false;
   #result: HandshakeResult | undefined = undefined;
+  #structured = false;
+  /** The export base:allocation was selected for (SET_META_CONTEXT), if any. */
+  #allocationFor: string | undefined;
 
   constructor(options: HandshakeOptions, out: HandshakeOutput) {
     this.#options = options;
@@ -158,6 +177,8 @@ export class Handshake {
     if (this.#state !== STATE_OPTION_HEADER || this.#secured) throw new NbdProtocolError('secured() without a STARTTLS to finish');
     this.#out = out;
     this.#secured = true;
+    this.#structured = false; // nothing negotiated before TLS carries over
+    this.#allocationFor = undefined;
   }
 
   /** Sends the greeting; call once, before any push. */
@@ -243,6 +264,17 @@ export class Handshake {
       case NBD_OPT_INFO:
       case NBD_OPT_GO:
         return this.#infoOrGo(option, data);
+      case NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) this.#error(option, NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+        else {
+          this.#structured = true;
+          this.#out.write(encodeOptionReply(option, NBD_REP_ACK));
+        }
+        return 'more';
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        this.#metaContext(option, data);
+        return 'more';
       default:
         this.#error(option, NBD_REP_ERR_UNSUP, `option ${nameOf(NbdOpt, option)} is not supported`);
         return 'more';
@@ -296,7 +328,7 @@ export class Handshake {
     }
     const { minBlockSize, preferredBlockSize, maxPayload } = this.#options;
     const size = exp.backend.size;
-    const infos = [encodeInfoExport(size, transmissionFlagsFor(exp)), encodeInfoBlockSize(minBlockSize, preferredBlockSize, maxPayload)];
+    const infos = [encodeInfoExport(size, transmissionFlagsFor(exp, this.#structured)), encodeInfoBlockSize(minBlockSize, preferredBlockSize, maxPayload)];
     if (request.infos.includes(NBD_INFO_NAME)) infos.push(encodeInfoString(NBD_INFO_NAME, exp.name));
     if (request.infos.includes(NBD_INFO_DESCRIPTION) && exp.description !== undefined) {
       infos.push(encodeInfoString(NBD_INFO_DESCRIPTION, exp.description));
@@ -309,8 +341,31 @@ export class Handshake {
     return 'transmission';
   }
 
+  /**
+   * LIST: base:allocation for no query, "base:" or its own name. SET (after STRUCTURED_REPLY
+   * only): selects it when asked for by name, and forgets an earlier selection otherwise.
+   */
+  #metaContext(option: number, data: Buffer): void {
+    const request = decodeMetaContextRequest(data);
+    if (!request.ok) return this.#error(option, NBD_REP_ERR_INVALID, request.reason);
+    const set = option === NBD_OPT_SET_META_CONTEXT;
+    if (set && !this.#structured) return this.#error(option, NBD_REP_ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first');
+    const exp = this.#find(request.name);
+    if (exp === undefined) return this.#error(option, NBD_REP_ERR_UNKNOWN, `export "${request.name}" does not exist`);
+    const matches = set ? request.queries.includes(BASE_ALLOCATION)
+      : request.queries.length === 0 || request.queries.some((q) => q === 'base:' || q === BASE_ALLOCATION);
+    if (set) this.#allocationFor = matches ? exp.name : undefined;
+    const replies = matches ? [encodeOptionReply(option, NBD_REP_META_CONTEXT, encodeRepMetaContext(BASE_ALLOCATION_ID, BASE_ALLOCATION))] : [];
+    replies.push(encodeOptionReply(option, NBD_REP_ACK));
+    this.#out.write(Buffer.concat(replies));
+  }
+
   #go(exp: NbdExport): HandshakeResult {
-    this.#result = { export: exp, size: exp.backend.size, transmissionFlags: transmissionFlagsFor(exp), remainder: undefined };
+    const structured = this.#structured;
+    this.#result = {
+      export: exp, size: exp.backend.size, transmissionFlags: transmissionFlagsFor(exp, structured), remainder: undefined, structured,
+      ...(structured && this.#allocationFor === exp.name ? { allocationContext: BASE_ALLOCATION_ID } : {}),
+    };
     return this.#result;
   }
 

@@ -140,7 +140,7 @@ export class NbdServer {
         return;
       }
       const result = handshake.result!;
-      this.#transmit(entry, result.export, result.size, result.transmissionFlags, result.remainder);
+      this.#transmit(entry, result.export, result.size, result.transmissionFlags, result.remainder, result.structured === true, result.allocationContext);
     };
     socket.on('data', onData);
     socket.on('end', onEnd);
@@ -223,12 +223,14 @@ export class NbdServer {
     return entry;
   }
 
-  #transmit(entry: Connection, exp: NbdExport, size: number, transmissionFlags: number, remainder: Buffer | undefined): void {
-    entry.log.debug({ export: exp.name, size, flags: transmissionFlags }, 'transmission phase');
+  #transmit(entry: Connection, exp: NbdExport, size: number, transmissionFlags: number, remainder: Buffer | undefined, structured = false, allocationContext?: number): void {
+    entry.log.debug({ export: exp.name, size, flags: transmissionFlags, structured, blockStatus: allocationContext !== undefined }, 'transmission phase');
     entry.transmission = new Transmission(entry.socket, {
       backend: exp.backend,
       size,
       transmissionFlags,
+      structured,
+      ...(allocationContext !== undefined ? { allocationContext } : {}),
       maxPayload: this.#options.maxPayload,
       maxInFlight: this.#options.maxInFlight,
       maxInFlightBytes: this.#options.maxInFlightBytes,

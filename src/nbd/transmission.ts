@@ -20,9 +20,20 @@ import type { Socket } from 'node:net';
 import { NbdProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Backend } from '../pipeline/types.js';
-import { encodeSimpleReply } from './codec.js';
 import {
-  NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
+  encodeBlockStatusReply,
+  encodeSimpleReply,
+  encodeStructuredError,
+  encodeStructuredReplyHeader,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_NONE,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_STRUCTURED_REPLY_HEADER_SIZE,
+  writeU64,
+  type NbdExtent,
+} from './codec.js';
+import {
+  NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
   NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_EOVERFLOW, NBD_EPERM, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FUA, NBD_SIMPLE_REPLY_SIZE,
 } from './constants.js';
 import { replyErrnoFor } from './errno.js';
@@ -34,6 +45,10 @@ export interface TransmissionOptions {
   /** Export size in bytes, as advertised in the handshake. */
   readonly size: number;
   readonly transmissionFlags: number;
+  /** Structured replies were negotiated: READ replies are OFFSET_DATA or ERROR chunks. */
+  readonly structured?: boolean;
+  /** base:allocation's context id when the client selected it: BLOCK_STATUS is served. */
+  readonly allocationContext?: number;
   readonly maxPayload: number;
   readonly maxInFlight: number;
   readonly maxInFlightBytes: number;
@@ -51,6 +66,8 @@ export const requestChannel = diagnosticsChannel.channel('r3map:nbd:request');
 const OUTPUT_HIGH_WATER = 4 * 1024 * 1024;
 /** WRITE_ZEROES without backend.zero is written from this one shared buffer, piece by piece. */
 const ZEROES = Buffer.alloc(1024 * 1024);
+/** Most extents in one BLOCK_STATUS reply (the reply then covers less than was asked, as the spec allows). */
+const MAX_EXTENTS = 4096;
 /** How long a closing socket may wait for the peer's FIN before it is destroyed. */
 const CLOSE_GRACE_MS = 2000;
 
@@ -71,6 +88,9 @@ export class Transmission implements RequestSink {
   readonly #fuaFlag: number;
   /** FAST_ZERO where advertised (writable exports), else 0. */
   readonly #fastZeroFlag: number;
+  /** DF where advertised (structured replies: a READ reply is one chunk anyway), else 0. */
+  readonly #dfFlag: number;
+  readonly #structured: boolean;
   /** RequestSink: multi-chunk WRITE payloads as chunk views, for backend.writev. */
   readonly scatterWrites: boolean;
   #state = STATE_RUNNING;
@@ -99,6 +119,8 @@ export class Transmission implements RequestSink {
     this.#readOnly = (options.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0;
     this.#fuaFlag = (options.transmissionFlags & NBD_FLAG_SEND_FUA) !== 0 ? NBD_CMD_FLAG_FUA : 0;
     this.#fastZeroFlag = (options.transmissionFlags & NBD_FLAG_SEND_FAST_ZERO) !== 0 ? NBD_CMD_FLAG_FAST_ZERO : 0;
+    this.#structured = options.structured === true;
+    this.#dfFlag = this.#structured ? NBD_CMD_FLAG_DF : 0;
     this.scatterWrites = options.backend.writev !== undefined;
     this.#parser = new RequestParser(this);
     this.#pool = new PayloadPool({ maxRetainedBytes: Math.min(options.maxInFlightBytes, 32 * 1024 * 1024) });
@@ -139,7 +161,8 @@ export class Transmission implements RequestSink {
       case NBD_CMD_WRITE:
       case NBD_CMD_TRIM:
       case NBD_CMD_WRITE_ZEROES: {
-        const allowed = type === NBD_CMD_WRITE_ZEROES ? this.#fuaFlag | NBD_CMD_FLAG_NO_HOLE | this.#fastZeroFlag : this.#fuaFlag;
+        const allowed = type === NBD_CMD_WRITE_ZEROES ? this.#fuaFlag | NBD_CMD_FLAG_NO_HOLE | this.#fastZeroFlag
+          : type === NBD_CMD_READ ? this.#fuaFlag | this.#dfFlag : this.#fuaFlag;
         if ((flags & ~allowed) !== 0) return NBD_EINVAL;
         if (type !== NBD_CMD_READ && this.#readOnly) return NBD_EPERM;
         // FAST_ZERO: fail at once where a zero is no quicker than writing zeros (the spec's MUST).
@@ -157,6 +180,9 @@ export class Transmission implements RequestSink {
         return (flags & ~this.#fuaFlag) !== 0 || offset !== 0 || length !== 0 ? NBD_EINVAL : 0;
       case NBD_CMD_CACHE:
         return flags !== 0 || offset + length > this.#options.size ? NBD_EINVAL : 0;
+      case NBD_CMD_BLOCK_STATUS:
+        if (this.#options.allocationContext === undefined || (flags & ~NBD_CMD_FLAG_REQ_ONE) !== 0) return NBD_EINVAL;
+        return length === 0 || offset + length > this.#options.size ? NBD_EINVAL : 0;
       case NBD_CMD_DISC:
         return 0;
       default:
@@ -226,6 +252,9 @@ export class Transmission implements RequestSink {
         case NBD_CMD_CACHE:
           if (backend.cache !== undefined) await backend.cache(req.offset, req.length);
           break;
+        case NBD_CMD_BLOCK_STATUS:
+          req.payload = encodeBlockStatusReply(this.#options.allocationContext!, await this.#extents(req), req.handleHi, req.handleLo);
+          break;
       }
       if ((req.flags & NBD_CMD_FLAG_FUA) !== 0 && req.type !== NBD_CMD_READ && req.type !== NBD_CMD_FLUSH) await this.#sync();
     } catch (err) {
@@ -247,6 +276,29 @@ export class Transmission implements RequestSink {
       off += n;
       left -= n;
     }
+  }
+
+  /**
+   * base:allocation for [offset, offset + length): the backend's extents where it has them (trimmed
+   * to the request, empty ones dropped, neighbours with equal flags merged, one with REQ_ONE, at
+   * most MAX_EXTENTS), else one extent of data. The reply may cover less than asked, never more.
+   */
+  async #extents(req: NbdRequest): Promise<NbdExtent[]> {
+    const { offset, length } = req;
+    const found = this.#backend.extents === undefined ? undefined : await this.#backend.extents(offset, length);
+    const out: { length: number; flags: number }[] = [];
+    let covered = 0;
+    for (const e of found ?? [{ length, flags: 0 }]) {
+      const n = Math.min(e.length, length - covered);
+      if (n <= 0) continue;
+      const last = out[out.length - 1];
+      if (last !== undefined && last.flags === e.flags) last.length += n;
+      else out.push({ length: n, flags: e.flags });
+      covered += n;
+      if (covered >= length || out.length >= MAX_EXTENTS) break;
+    }
+    if (out.length === 0) out.push({ length, flags: 0 });
+    return (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? out.slice(0, 1) : out;
   }
 
   #complete(req: NbdRequest, errno: number): void {
@@ -272,14 +324,12 @@ export class Transmission implements RequestSink {
       if (req.pooled !== undefined) this.#pool.release(req.pooled);
       return;
     }
-    const header = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
-    encodeSimpleReply(header, 0, errno, req.handleHi, req.handleLo);
     if (!this.#corked) {
       this.#corked = true;
       socket.cork();
       process.nextTick(this.#uncork);
     }
-    socket.write(header);
+    socket.write(this.#replyHeader(req, errno, withData));
     if (withData) {
       this.#sent.push(req.pooled);
       socket.write(req.payload!, this.#onPayloadWritten);
@@ -289,6 +339,35 @@ export class Transmission implements RequestSink {
     req.payload = undefined;
     req.pooled = undefined;
     if (socket.writableLength > OUTPUT_HIGH_WATER) this.#outputBlocked = true;
+  }
+
+  /**
+   * The reply's header: simple, or with structured replies for READ (one OFFSET_DATA chunk with
+   * DONE, or an ERROR chunk) and BLOCK_STATUS (its encoded chunk, or an ERROR chunk).
+   */
+  #replyHeader(req: NbdRequest, errno: number, withData: boolean): Buffer {
+    const structured = this.#structured && (req.type === NBD_CMD_READ || req.type === NBD_CMD_BLOCK_STATUS);
+    if (!structured) {
+      const header = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_SIZE);
+      encodeSimpleReply(header, 0, errno, req.handleHi, req.handleLo);
+      return header;
+    }
+    if (errno !== 0) return encodeStructuredError(errno, req.handleHi, req.handleLo);
+    if (req.type === NBD_CMD_BLOCK_STATUS) {
+      const reply = req.payload!;
+      req.payload = undefined;
+      return reply;
+    }
+    const dataLength = withData ? req.payload!.length : 0;
+    if (dataLength === 0) { // a zero-length READ: no data chunk, only the end of the reply
+      const none = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE);
+      encodeStructuredReplyHeader(none, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, req.handleHi, req.handleLo, 0);
+      return none;
+    }
+    const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + 8);
+    encodeStructuredReplyHeader(header, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req.handleHi, req.handleLo, 8 + dataLength);
+    writeU64(header, NBD_STRUCTURED_REPLY_HEADER_SIZE, req.offset);
+    return header;
   }
 
   readonly #uncork = (): void => {

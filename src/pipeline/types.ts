@@ -44,6 +44,16 @@ export interface BackendCapabilities {
  * A store with a fixed size. `trim` and `zero` are optional: the NBD server emulates
  * WRITE_ZEROES with writes of zeros and treats TRIM as advisory when they are missing.
  */
+/** One extent of `Backend.extents`: `length` bytes with EXTENT_* flags (0 = data). */
+export interface BackendExtent {
+  readonly length: number;
+  readonly flags: number;
+}
+/** Not allocated (NBD_STATE_HOLE); a hole that also has EXTENT_ZERO reads as zeros. */
+export const EXTENT_HOLE = 1;
+/** Reads as zeros; NBD_STATE_ZERO. */
+export const EXTENT_ZERO = 2;
+
 export interface Backend extends ReadWriterAt, BackendCapabilities {
   readonly size: number;
   /** Makes every completed write durable. */
@@ -63,6 +73,12 @@ export interface Backend extends ReadWriterAt, BackendCapabilities {
    * NBD server treats CACHE on a backend without it as a no-op that succeeds.
    */
   cache?(off: number, length: number): Promise<void>;
+  /**
+   * What [off, off + length) holds, in order from `off` (NBD base:allocation): extents whose
+   * lengths add up to at most `length` (less is allowed: the caller asks again), each with
+   * EXTENT_HOLE and/or EXTENT_ZERO where it knows, 0 for data. Without it everything is data.
+   */
+  extents?(off: number, length: number): Promise<readonly BackendExtent[]>;
   /**
    * Scatter write: `bufs` are the contiguous pieces of one write of their total length at `off`
    * (as if concatenated; empty pieces allowed). Same result and errors as `writeAt` of the

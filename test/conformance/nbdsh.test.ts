@@ -20,7 +20,7 @@ const OPTION_MODE = `
 h = nbd.NBD()
 h.set_opt_mode(True)
 h.connect_uri(uri)
-# libnbd asked for NBD_OPT_STRUCTURED_REPLY first; the server refused it and negotiation went on.
+# libnbd asked for NBD_OPT_STRUCTURED_REPLY first, and the server agreed.
 out['structured'] = h.get_structured_replies_negotiated()
 names = []
 out['listed'] = h.opt_list(lambda name, desc: names.append([name, desc]) or 0)
@@ -107,7 +107,7 @@ describe('nbdsh option mode and transmission against r3map-serve', { timeout: 12
       if (!requireTool(t, 'nbdsh')) return;
       const out = await nbdsh(serve, serve.targets().find((x) => x.kind === kind)!.uri, `opt-${kind}`, OPTION_MODE);
       assert.deepEqual(out, {
-        structured: false,
+        structured: true,
         listed: 2,
         names: ['default', 'extra'],
         info: [SIZE, false, true, true],
@@ -203,13 +203,14 @@ describe('raw options (libnbd 1.14 cannot send arbitrary ones)', { timeout: 30_0
         assert.equal(flags & 3, 3, 'FIXED_NEWSTYLE and NO_ZEROES are offered');
         socket.write(Buffer.from([0, 0, 0, 3]));
         const replies: [number, number][] = [];
-        for (const option of [0x4242, 5 /* STARTTLS */, 8 /* STRUCTURED_REPLY */, 10 /* SET_META_CONTEXT */]) {
+        for (const option of [0x4242, 5 /* STARTTLS */, 8 /* STRUCTURED_REPLY, with data */, 10 /* SET_META_CONTEXT, malformed */, 11 /* EXTENDED_HEADERS */]) {
           raw.send(option, Buffer.from('ignored payload'));
           const r = await raw.reply();
           replies.push([r.option, r.type]);
         }
         const unsup = 2 ** 31 + 1;
-        assert.deepEqual(replies, [[0x4242, unsup], [5, unsup], [8, unsup], [10, unsup]]);
+        const invalid = 2 ** 31 + 3;
+        assert.deepEqual(replies, [[0x4242, unsup], [5, unsup], [8, invalid], [10, invalid], [11, unsup]]);
         const name = Buffer.from('default');
         const go = Buffer.alloc(4 + name.length + 2);
         go.writeUInt32BE(name.length, 0);

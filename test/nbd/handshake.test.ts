@@ -10,6 +10,7 @@ import {
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_READ_ONLY,
   NBD_FLAG_SEND_CACHE,
+  NBD_FLAG_SEND_DF,
   NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
@@ -24,6 +25,8 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
@@ -31,9 +34,10 @@ import {
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
 } from '../../src/nbd/constants.js';
-import { Handshake, transmissionFlagsFor, type HandshakeOptions, type HandshakeStatus } from '../../src/nbd/handshake.js';
+import { BASE_ALLOCATION, Handshake, transmissionFlagsFor, type HandshakeOptions, type HandshakeStatus } from '../../src/nbd/handshake.js';
 import type { NbdExport } from '../../src/nbd/server.js';
 import { BufferBackend } from './support-backend.js';
 
@@ -135,7 +139,60 @@ describe('Handshake', () => {
     assert.equal(r.at(-1)!.type, NBD_REP_ACK);
   });
 
-  for (const option of [NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, 4, 11, 999]) {
+  test('NBD_OPT_STRUCTURED_REPLY is acknowledged (with data: INVALID), and GO then carries it with DF', () => {
+    const { status, out, handshake } = run(Buffer.concat([FLAGS, encodeOption(NBD_OPT_STRUCTURED_REPLY, Buffer.from('x')), encodeOption(NBD_OPT_STRUCTURED_REPLY), go('disk')]));
+    assert.equal(status, 'transmission');
+    const r = replies(out);
+    assert.deepEqual([r[0]!.type, r[1]!.type], [NBD_REP_ERR_INVALID, NBD_REP_ACK]);
+    assert.equal(handshake.result!.structured, true);
+    assert.equal(handshake.result!.transmissionFlags & NBD_FLAG_SEND_DF, NBD_FLAG_SEND_DF);
+    assert.equal(handshake.result!.allocationContext, undefined, 'no meta context was set');
+  });
+
+  test('meta contexts: LIST offers base:allocation, SET needs structured replies and selects it for its export', () => {
+    const ctx = (opt: number, name: string, queries: string[]): Buffer => {
+      const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)];
+      parts[0]!.writeUInt32BE(Buffer.byteLength(name));
+      parts[2]!.writeUInt32BE(queries.length);
+      for (const q of queries) {
+        const len = Buffer.alloc(4);
+        len.writeUInt32BE(Buffer.byteLength(q));
+        parts.push(len, Buffer.from(q));
+      }
+      return encodeOption(opt, Buffer.concat(parts));
+    };
+    const { status, out, handshake } = run(Buffer.concat([
+      FLAGS,
+      ctx(NBD_OPT_LIST_META_CONTEXT, 'disk', []),
+      ctx(NBD_OPT_SET_META_CONTEXT, 'disk', [BASE_ALLOCATION]),
+      encodeOption(NBD_OPT_STRUCTURED_REPLY),
+      ctx(NBD_OPT_SET_META_CONTEXT, 'missing', [BASE_ALLOCATION]),
+      ctx(NBD_OPT_SET_META_CONTEXT, 'disk', ['qemu:dirty-bitmap:x', BASE_ALLOCATION]),
+      go('disk'),
+    ]));
+    assert.equal(status, 'transmission');
+    const types = replies(out).map((x) => x.type);
+    assert.deepEqual(types.slice(0, 7), [NBD_REP_META_CONTEXT, NBD_REP_ACK, NBD_REP_ERR_INVALID, NBD_REP_ACK, NBD_REP_ERR_UNKNOWN, NBD_REP_META_CONTEXT, NBD_REP_ACK]);
+    const meta = replies(out)[0]!.data;
+    assert.equal(meta.subarray(4).toString(), BASE_ALLOCATION);
+    assert.equal(handshake.result!.allocationContext, meta.readUInt32BE(0));
+  });
+
+  test('a meta context set for another export does not carry over to GO', () => {
+    const name = Buffer.from('ro');
+    const q = Buffer.from(BASE_ALLOCATION);
+    const data = Buffer.alloc(4 + name.length + 4 + 4 + q.length);
+    data.writeUInt32BE(name.length, 0);
+    name.copy(data, 4);
+    data.writeUInt32BE(1, 4 + name.length);
+    data.writeUInt32BE(q.length, 8 + name.length);
+    q.copy(data, 12 + name.length);
+    const { handshake } = run(Buffer.concat([FLAGS, encodeOption(NBD_OPT_STRUCTURED_REPLY), encodeOption(NBD_OPT_SET_META_CONTEXT, data), go('disk')]));
+    assert.equal(handshake.result!.structured, true);
+    assert.equal(handshake.result!.allocationContext, undefined);
+  });
+
+  for (const option of [NBD_OPT_STARTTLS, 4, 11, 999]) {
     test(`option ${option} gets NBD_REP_ERR_UNSUP and a following GO works`, () => {
       const { status, out } = run(Buffer.concat([FLAGS, encodeOption(option, Buffer.from('xyz')), go('disk')]));
       assert.equal(status, 'transmission');
@@ -226,6 +283,7 @@ describe('Handshake', () => {
         NBD_FLAG_SEND_CACHE | NBD_FLAG_CAN_MULTI_CONN,
     );
     assert.equal(transmissionFlagsFor(RO), NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_CACHE);
+    assert.equal(transmissionFlagsFor(RO, true), NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_CACHE | NBD_FLAG_SEND_DF);
     const roBackend: NbdExport = { name: 'x', backend: new BufferBackend({ size: 512, readOnly: true }) };
     assert.equal(transmissionFlagsFor(roBackend) & NBD_FLAG_READ_ONLY, NBD_FLAG_READ_ONLY);
   });
