@@ -20,7 +20,8 @@
  * never-modified zero buffer; the range is not deallocated.
  */
 import { constants, type FileHandle, open, readFile } from 'node:fs/promises';
-import type { Backend } from '../pipeline/types.js';
+import { SEEK_DATA, SEEK_HOLE, seekExtent } from '../kernel/ffi.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { CallGate } from '../util/call-gate.js';
 
@@ -36,6 +37,8 @@ export interface FileBackendOptions {
 const ZEROS = Buffer.alloc(256 * 1024);
 const THREAD_POOL_SIZE = Number(process.env.UV_THREADPOOL_SIZE) || 4;
 const SECTOR_SIZE = 512;
+/** Most extents one extents() call reports. */
+const MAX_EXTENTS = 1024;
 
 export class FileBackend implements Backend {
   readonly path: string;
@@ -150,6 +153,40 @@ export class FileBackend implements Backend {
 
   trim(off: number, length: number): Promise<void> {
     return this.#zero(off, length, 'trim');
+  }
+
+  /**
+   * base:allocation from the filesystem (lseek SEEK_DATA / SEEK_HOLE): holes of a sparse file read
+   * as zeros. Everything is data for a block device, or when the filesystem cannot tell. At most
+   * MAX_EXTENTS extents (the caller asks again for the rest).
+   */
+  async extents(off: number, length: number): Promise<readonly BackendExtent[]> {
+    this.#check(off, length, false);
+    const all: readonly BackendExtent[] = [{ length, flags: 0 }];
+    if (this.isBlockDevice || length === 0) return all;
+    this.#gate.enter();
+    try {
+      const fd = this.#handle.fd;
+      const end = off + length;
+      const out: BackendExtent[] = [];
+      for (let pos = off; pos < end && out.length < MAX_EXTENTS; ) {
+        const data = seekExtent(fd, pos, SEEK_DATA);
+        if (data === -1 || data >= end) {
+          out.push({ length: end - pos, flags: EXTENT_HOLE | EXTENT_ZERO });
+          break;
+        }
+        if (data > pos) out.push({ length: data - pos, flags: EXTENT_HOLE | EXTENT_ZERO });
+        const hole = seekExtent(fd, data, SEEK_HOLE);
+        const stop = Math.min(hole === -1 ? end : hole, end);
+        out.push({ length: stop - data, flags: 0 });
+        pos = stop;
+      }
+      return out;
+    } catch {
+      return all; // the filesystem cannot tell: data, as without extents
+    } finally {
+      this.#gate.leave();
+    }
   }
 
   zero(off: number, length: number): Promise<void> {

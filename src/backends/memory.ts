@@ -42,6 +42,8 @@ export class MemoryBackend implements Backend {
   readonly readOnly: boolean;
   readonly maxInFlight = 0;
   readonly canMultiConn = true;
+  /** zero() drops pages. */
+  readonly fastZero = true;
   readonly options: ResolvedMemoryBackendOptions;
   /** Page index → page; a missing page reads as zeros. */
   #pages = new Map<number, Buffer>();

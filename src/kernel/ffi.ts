@@ -95,6 +95,7 @@ interface Libc {
   readonly pipe2: Fn;
   readonly mprotect: Fn;
   readonly getpagesize: Fn;
+  readonly lseek: Fn;
 }
 
 let bound: Libc | undefined;
@@ -126,6 +127,7 @@ function libc(): Libc {
     pipe2: lib.func('int pipe2(_Out_ int *fds, int flags)'),
     mprotect: lib.func('int mprotect(void *addr, size_t length, int prot)'),
     getpagesize: lib.func('int getpagesize()'),
+    lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   });
   return bound;
 }
@@ -152,6 +154,22 @@ export function ioctl(fd: number, request: number, arg: number | bigint, name = 
 /** ioctl whose argument points at `buf` (a struct the kernel reads or fills in place). */
 export function ioctlBuffer(fd: number, request: number, buf: Buffer, name = 'ioctl', device?: string): number {
   return check(libc().ioctlPtr(fd, request, buf) as number, name, device);
+}
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+/**
+ * lseek(2) with SEEK_DATA or SEEK_HOLE: the next offset at or after `offset` where data (or a
+ * hole; the end of the file counts as one) starts, or -1 when there is no data after `offset`
+ * (ENXIO). A filesystem without the feature reports everything as data, as the call defines.
+ */
+export function seekExtent(fd: number, offset: number, whence: typeof SEEK_DATA | typeof SEEK_HOLE): number {
+  const result = Number(libc().lseek(fd, offset, whence));
+  if (result >= 0) return result;
+  const errno = koffi.errno();
+  if (errno === Errno.ENXIO) return -1;
+  return fail(whence === SEEK_DATA ? 'lseek(SEEK_DATA)' : 'lseek(SEEK_HOLE)', undefined, errno);
 }
 
 /** A connected AF_UNIX stream pair, both ends close-on-exec. */

@@ -46,6 +46,7 @@ export class ComposedBackend implements Backend {
   readonly readOnly: boolean;
   readonly maxInFlight: number;
   readonly canMultiConn: boolean;
+  readonly fastZero: boolean;
   readonly blockSize = 1;
   /** Bytes per block of the backend underneath. */
   readonly innerBlockSize: number;
@@ -65,6 +66,7 @@ export class ComposedBackend implements Backend {
     this.readOnly = inner.readOnly ?? false;
     this.maxInFlight = inner.maxInFlight ?? 0;
     this.canMultiConn = inner.canMultiConn ?? false;
+    this.fastZero = inner.fastZero ?? false;
     this.#gate = new CallGate(describe(inner));
     const next: ReadWriterAt = {
       readAt: (buf, off) => inner.readAt(buf, off),

@@ -166,7 +166,7 @@ export class Transmission implements RequestSink {
         if ((flags & ~allowed) !== 0) return NBD_EINVAL;
         if (type !== NBD_CMD_READ && this.#readOnly) return NBD_EPERM;
         // FAST_ZERO: fail at once where a zero is no quicker than writing zeros (the spec's MUST).
-        if ((flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && this.#backend.zero === undefined) return NBD_ENOTSUP;
+        if ((flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && (this.#backend.zero === undefined || this.#backend.fastZero !== true)) return NBD_ENOTSUP;
         if (type !== NBD_CMD_TRIM && type !== NBD_CMD_WRITE_ZEROES && length > this.#options.maxPayload) return NBD_EOVERFLOW;
         if (offset + length > this.#options.size) {
           // The spec: a write past the end SHOULD fail with ENOSPC (as nbdkit does); reads and trims with EINVAL.

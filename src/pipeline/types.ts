@@ -31,6 +31,11 @@ export interface BackendCapabilities {
   /** Flush/FUA effects are visible across connections (NBD CAN_MULTI_CONN). */
   readonly canMultiConn?: boolean;
   /**
+   * `zero` is quicker than writing zeros (it drops storage rather than writing it): the NBD server
+   * serves NBD_CMD_FLAG_FAST_ZERO only then, and answers ENOTSUP at once otherwise.
+   */
+  readonly fastZero?: boolean;
+  /**
    * The granularity it accepts natively, in bytes: every readAt/writeAt/trim/zero must cover whole
    * blocks (block i = [i * blockSize, min((i + 1) * blockSize, size)), so the last one may be
    * short), and anything else rejects with the pipeline's typed errors (MisalignedError,
@@ -62,11 +67,7 @@ export interface Backend extends ReadWriterAt, BackendCapabilities {
   close(): Promise<void>;
   /** Discard a range; afterwards it reads as zeros. */
   trim?(off: number, length: number): Promise<void>;
-  /**
-   * Write zeros over a range, cheaper than writeAt where the store allows. A backend that has it
-   * promises it is never slower than writing zeros (the NBD server answers FAST_ZERO requests on it,
-   * and fails them with ENOTSUP on a backend without it).
-   */
+  /** Write zeros over a range, cheaper than writeAt where the store allows (see `fastZero`). */
   zero?(off: number, length: number): Promise<void>;
   /**
    * Make a range quick to read soon (NBD_CMD_CACHE): a managed mount pulls its chunks ahead. The

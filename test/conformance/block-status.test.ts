@@ -106,3 +106,28 @@ h.shutdown()
     });
   });
 });
+
+describe('block status of a sparse file export', { timeout: 60_000 }, () => {
+  const serve = serveFixture((dir) => ['--backend', `file://${path.join(dir, 'sparse-file.img')}`, '--size', '256MiB'], { listen: ['unix'] });
+
+  test('nbdinfo --map shows the holes the filesystem reports (SEEK_DATA / SEEK_HOLE), and FAST_ZERO is refused on a file', async (t) => {
+    if (!requireTool(t, 'nbdinfo') || !requireTool(t, 'qemu-io') || !requireTool(t, 'nbdsh')) return;
+    const uri = serve.targets()[0]!.uri;
+    const write = await runTool('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x11 64M 4M', '-c', 'flush'], { timeoutMs: 30_000 });
+    assert.equal(write.code, 0, write.stderr);
+    const map = await runTool('nbdinfo', ['--map', '--json', uri], { timeoutMs: 30_000 });
+    assert.equal(map.code, 0, map.stderr);
+    const extents = JSON.parse(map.stdout) as { offset: number; length: number; type: number }[];
+    const data = extents.filter((e) => e.type === 0);
+    assert.ok(data.length >= 1 && data.every((e) => e.offset >= 60 * MiB && e.offset + e.length <= 72 * MiB), `data only around the write: ${map.stdout}`);
+    assert.equal(extents.reduce((n, e) => n + e.length, 0), 256 * MiB);
+    const out = await nbdsh(serve.dir(), uri, 'file-fast-zero', `
+h = nbd.NBD()
+h.connect_uri(uri)
+out['fast'] = err(lambda: h.zero(4096, 0, nbd.CMD_FLAG_FAST_ZERO))
+h.shutdown()
+`);
+    assert.deepEqual(out, { fast: 'ENOTSUP' }, 'a file zeroes by writing: no fast zero');
+  });
+});
+
