@@ -188,7 +188,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     // after finalize is then local on disk and in the state, so a restarted leecher never pulls
     // the seeder's older copy over a write that was acknowledged as durable.
     const flush = (): Promise<void> => (this.#state !== undefined ? this.#state.save('full') : this.#cache.sync());
-    this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, flush);
+    this.backend = new ManagedBackend(new ArbitraryReadWriterAt(this.#lock, { chunkSize, size }), size, false, { flush });
     // maxQueueMs 0 while locked: nothing can wait behind the pre-copy (see #finalize)
     this.#puller = new Puller(this.#synced, { chunkSize, size, table: this.table, workers, maxQueueMs: 0, priority: options.pullPriority ?? ascending, log: this.#log });
     this.#puller.on('error', (err: unknown) => void (this.listenerCount('error') > 0 && this.emit('error', err)));

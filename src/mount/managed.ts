@@ -48,6 +48,7 @@ import { composeBackend, openComposed } from './compose.js';
 import { BLOCK_SIZE, fsyncDevice, openDeviceStack, resolveDirectMountOptions } from './direct.js';
 import { hotRangesPriority, loadHotRanges } from './hot-ranges.js';
 import { ManagedBackend } from './managed-backend.js';
+import { managedExtents } from './managed-extents.js';
 import type { ResolvedManagedMountOptions } from './managed-options.js';
 import type { ResolvedTransport } from './transport.js';
 
@@ -158,7 +159,8 @@ export async function openManagedStack(options: ResolvedManagedMountOptions, log
     if (options.pullFirst) await puller.wait();
     const flush = state !== undefined ? () => state.save('full') : pusher !== undefined ? () => pusher.sync().then(() => undefined) : () => Promise.resolve();
     const cache = (off: number, length: number): Promise<void> => synced.pullRange(off, length);
-    const device = await attach(new ManagedBackend(arbitrary, size, readOnly, flush, cache), options, log);
+    const extents = managedExtents(table, opened);
+    const device = await attach(new ManagedBackend(arbitrary, size, readOnly, { flush, cache, ...(extents !== undefined ? { extents } : {}) }), options, log);
     const parts = { options, log, events, remote: opened, remoteStage, local, state, pusher, table, puller, device };
     return new ManagedStack(parts, remoteStage.pulledBytes, state?.restored.local.length ?? 0);
   } catch (err) {

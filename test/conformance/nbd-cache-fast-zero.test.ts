@@ -1,7 +1,8 @@
 /**
- * NBD_CMD_CACHE and NBD_CMD_FLAG_FAST_ZERO with nbdsh as the referee, on the library's NbdServer:
- * a managed mount pulls the chunks a CACHE names (before it answers), and a backend without a
- * native zero fails FAST_ZERO at once with ENOTSUP while a plain WRITE_ZEROES still works.
+ * NBD_CMD_CACHE, block status and NBD_CMD_FLAG_FAST_ZERO with nbdsh and nbdinfo as referees, on
+ * the library's NbdServer: a managed mount pulls the chunks a CACHE names (before it answers) and
+ * reports the remote's holes for chunks not pulled yet, and a backend without a native zero fails
+ * FAST_ZERO at once with ENOTSUP while a plain WRITE_ZEROES still works.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ import { ManagedPathMount } from '../../src/mount/managed-path.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import type { Backend } from '../../src/pipeline/types.js';
 import { nbdsh } from '../support/nbdsh.js';
-import { makeTempDir, removeDir, requireTool } from '../support/tools.js';
+import { makeTempDir, removeDir, requireTool, runTool } from '../support/tools.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -49,6 +50,36 @@ h.shutdown()
 `);
       assert.deepEqual(out, { can_cache: true });
       assert.equal(mount.stats().localChunks, (2 * MiB) / (64 * 1024) + 1, 'the chunks of [1 MiB, 3 MiB] are local');
+    } finally {
+      await mount.close();
+    }
+  });
+
+  test('block status of a managed mount: local chunks are data, the rest is what the remote says (its holes stay holes)', async (t) => {
+    if (!requireTool(t, 'nbdinfo')) return;
+    const remote = new MemoryBackend({ size: 16 * MiB });
+    await remote.writeAt(Buffer.alloc(MiB, 7), 8 * MiB); // the remote's only data: [8 MiB, 9 MiB)
+    let served: { uri: string; close(): Promise<void> } | undefined;
+    const mount = new ManagedPathMount({ remote, cache: 'memory', pullWorkers: 0 }, async (backend) => {
+      served = await serve(backend);
+      return { path: served.uri, transport: 'nbd', closed: new Promise(() => {}), flush: () => Promise.resolve(), close: () => served!.close() };
+    });
+    await mount.open();
+    try {
+      const map = await runTool('nbdinfo', ['--map', '--json', served!.uri], { timeoutMs: 30_000 });
+      assert.equal(map.code, 0, map.stderr);
+      const extents = (JSON.parse(map.stdout) as { offset: number; length: number; type: number }[]).map((e) => [e.offset, e.length, e.type]);
+      assert.deepEqual(extents, [[0, 8 * MiB, 3], [8 * MiB, MiB, 0], [9 * MiB, 7 * MiB, 3]]);
+      const out = await nbdsh(dir, served!.uri, 'managed-local', `
+h = nbd.NBD()
+h.connect_uri(uri)
+h.cache(65536, 0)
+h.shutdown()
+`);
+      assert.deepEqual(out, {});
+      const again = await runTool('nbdinfo', ['--map', '--json', served!.uri], { timeoutMs: 30_000 });
+      const first = (JSON.parse(again.stdout) as { offset: number; length: number; type: number }[])[0]!;
+      assert.deepEqual([first.offset, first.length, first.type], [0, 65536, 0], 'a chunk pulled into the cache is data');
     } finally {
       await mount.close();
     }

@@ -71,6 +71,9 @@ function record(i: number): string {
 export async function writeWriterScript(dir: string): Promise<string> {
   const script = path.join(dir, 'writer.sh');
   await writeFile(script, `#!/bin/bash
+# A TERM (the suspend hook) ends the loop only after the command under way (a dd, a sync) is done:
+# with a trap, bash waits for it first, so nothing of ours is left writing into the filesystem.
+trap 'exit 0' TERM
 f=$1/log; ack=$2; i=0
 while :; do
   for j in 1 2 3 4 5 6 7 8; do i=$((i+1)); s=$(printf '%08d' $i); printf '%s %s\\n' $s $(printf '%s' $s | sha1sum | cut -c1-40) >> $f; done
