@@ -18,6 +18,7 @@ import type { Backend } from '../pipeline/types.js';
 import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { CallGate } from '../util/call-gate.js';
 import { DEFAULT_CHUNK_SIZE, checkChunkSize } from '../util/chunks.js';
+import { settleAll } from '../util/settle-all.js';
 import { FdCache, type FdLease } from './fd-cache.js';
 
 export interface DirectoryBackendOptions {
@@ -174,10 +175,7 @@ export class DirectoryBackend implements Backend {
         pending.push(this.#piece(op, buf, done, chunkOff, inChunk, n));
         done += n;
       }
-      // Wait for every piece: none may touch `buf` after we settle.
-      for (const result of await Promise.allSettled(pending)) {
-        if (result.status === 'rejected') throw result.reason;
-      }
+      await settleAll(pending); // every piece, failed or not: none may touch `buf` after we settle
     } catch (err) {
       throw this.#wrap(err, op, off, length);
     } finally {

@@ -36,6 +36,7 @@ import { readTlsFiles, type TlsFiles } from '../nbd/tls.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
 import type { Backend, ReadWriterAt } from '../pipeline/types.js';
 import { isTransientNetworkError, withRetry, type RetryOptions } from '../util/retry.js';
+import { settleAll } from '../util/settle-all.js';
 
 export interface NbdRemoteBackendOptions {
   readonly address: NbdAddress;
@@ -220,8 +221,7 @@ export class NbdRemoteBackend implements Backend {
       const n = Math.min(piece, length - pos);
       parts.push(this.#attempt(op, buf?.subarray(pos, pos + n), off + pos, n));
     }
-    const results = await Promise.allSettled(parts);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    await settleAll(parts);
   }
 
   async #attempt(op: number, buf: Buffer | undefined, off: number, length: number): Promise<void> {

@@ -23,6 +23,7 @@ import { OutOfRangeError, ReadOnlyError } from '../errors.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
 import type { Backend, ReadWriterAt } from '../pipeline/types.js';
 import { CallGate } from '../util/call-gate.js';
+import { settleAll } from '../util/settle-all.js';
 
 /** Opens the backend a URI names so that it takes any range (openBackend, then composeBackend). */
 export async function openComposed(uri: string, options: OpenBackendOptions = {}): Promise<Backend> {
@@ -142,8 +143,7 @@ export class ComposedBackend implements Backend {
         }
       };
       const workers = Math.max(1, Math.min(this.maxInFlight || 16, Math.ceil(length / blockSize)));
-      const results = await Promise.allSettled(Array.from({ length: workers }, worker));
-      for (const r of results) if (r.status === 'rejected') throw r.reason;
+      await settleAll(Array.from({ length: workers }, worker));
     } finally {
       this.#gate.leave();
     }

@@ -19,6 +19,7 @@
  */
 import { OutOfRangeError } from '../errors.js';
 import { chunkCount, chunkLength } from '../util/chunks.js';
+import { settleAll } from '../util/settle-all.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkLocks } from './chunk-locks.js';
 import { resolveGeometry } from './chunked.js';
@@ -31,14 +32,6 @@ export interface ArbitraryOptions {
   readonly size: number;
   /** Free chunk buffers kept per size for partial chunks; 0 allocates each time. Default 16. */
   readonly poolMaxPerSize?: number;
-}
-
-/** Waits for every promise to settle, then rejects with the first failure if there was one. */
-async function settleAll(parts: readonly Promise<void>[]): Promise<void> {
-  // allSettled attaches a handler to every part at once: a later part that rejects while an
-  // earlier one is still pending must not become an unhandled rejection.
-  const results = await Promise.allSettled(parts);
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
 export class ArbitraryReadWriterAt implements ReadWriterAt, Required<ScatterWriter> {

@@ -19,6 +19,7 @@
  * ChunkedReadWriterAt); `remote` and `local` allow concurrent calls, fill whole buffers, keep no view.
  */
 import { chunkLength } from '../util/chunks.js';
+import { settleAll } from '../util/settle-all.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkLocks } from './chunk-locks.js';
 import { ChunkState } from './chunk-state.js';
@@ -140,8 +141,7 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
       }
     };
     const lanes = Math.max(1, Math.min(concurrency, Math.ceil((end - next) / this.chunkSize)));
-    const results = await Promise.allSettled(Array.from({ length: lanes }, lane));
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    await settleAll(Array.from({ length: lanes }, lane));
   }
 
   /** Marks chunks REMOTE again (their remote data is newer); the next read or pull fetches them. */
