@@ -32,6 +32,8 @@ export interface PullerOptions {
    * than this. Default 1; 0 keeps `workers` in flight whatever happens. Settable later (maxQueueMs).
    */
   readonly maxQueueMs?: number;
+  /** The time the window's samples are taken with, in ms (default performance.now; tests drive their own). */
+  readonly clock?: () => number;
   /** The stack's chunk table (its `pull` column is this puller's queue); default: a table of its own. */
   readonly table?: ChunkTable;
   readonly log?: Logger;
@@ -95,7 +97,7 @@ type ChunkState = PullState;
  * - Nothing runs while nothing is queued: requeue() starts pulls again.
  */
 export class Puller extends EventEmitter<PullerEvents> {
-  readonly options: Readonly<Required<Omit<PullerOptions, 'log' | 'table' | 'maxQueueMs'>>>;
+  readonly options: Readonly<Required<Omit<PullerOptions, 'log' | 'table' | 'maxQueueMs' | 'clock'>>>;
   readonly totalChunks: number;
   readonly #source: PullSource;
   readonly #usePull: boolean;
@@ -122,6 +124,7 @@ export class Puller extends EventEmitter<PullerEvents> {
   /** The sample being taken (pull durations, ms; undefined: no window to keep), the lowest median seen. */
   readonly #sampleMs: Float64Array | undefined;
   #maxQueueMs: number;
+  readonly #clock: () => number;
   #samplePulls = 0;
   #baseMs = Infinity;
   #whenPulled: Promise<void> | undefined;
@@ -139,6 +142,7 @@ export class Puller extends EventEmitter<PullerEvents> {
     if (!(maxQueueMs >= 0 && maxQueueMs < Infinity)) throw new UsageError(`puller maxQueueMs must be a number >= 0, got ${String(maxQueueMs)}`);
     this.options = Object.freeze({ chunkSize, size, workers, priority, retries, retryDelayMs });
     this.#maxQueueMs = maxQueueMs;
+    this.#clock = options.clock ?? (() => performance.now());
     this.#slowStart = maxQueueMs > 0 && workers > SLOW_START;
     this.#window = this.#slowStart ? SLOW_START : workers;
     this.#sampleMs = workers > 1 ? new Float64Array(Math.max(8, workers)) : undefined;
@@ -349,11 +353,11 @@ export class Puller extends EventEmitter<PullerEvents> {
     const off = index * chunkSize;
     for (let attempt = 0; ; attempt++) {
       try {
-        const started = performance.now();
+        const started = this.#clock();
         let fetched: boolean | void = true;
         if (buf === undefined) fetched = await this.#source.pull!(off);
         else await this.#source.readAt(off + chunkSize > size ? buf.subarray(0, size - off) : buf, off);
-        if (fetched !== false) this.#sample(performance.now() - started);
+        if (fetched !== false) this.#sample(this.#clock() - started);
         return true;
       } catch (err) {
         if (this.#closed || this.#settled) return false;

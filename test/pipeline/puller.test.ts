@@ -194,25 +194,46 @@ describe('Puller', () => {
   describe('the window of pulls in flight', () => {
     /**
      * A remote with a round trip of `rttMs` and, when `perPullMs` > 0, a link that delivers one
-     * pull per `perPullMs` (so pulls beyond its bandwidth-delay product only queue).
+     * pull per `perPullMs` (so pulls beyond its bandwidth-delay product only queue), on a simulated
+     * clock (`clock`, for the puller): pulls complete one at a time in the order of their due
+     * times, each a turn of the event loop after the one before, and the clock jumps to each due
+     * time. No real timers: the figures do not depend on how loaded the machine is.
      */
     function remote(rttMs: number, perPullMs: number) {
-      const r = { inFlight: 0, maxInFlight: 0, lastDone: 0 };
-      const readAt = async (): Promise<void> => {
-        r.maxInFlight = Math.max(r.maxInFlight, ++r.inFlight);
-        const now = performance.now();
-        const done = perPullMs > 0 ? Math.max(now + rttMs, r.lastDone + perPullMs) : now + rttMs;
-        r.lastDone = done;
-        await new Promise((resolve) => setTimeout(resolve, done - now));
-        r.inFlight--;
+      const r = { inFlight: 0, maxInFlight: 0, lastDone: 0, now: 0 };
+      const due: { at: number; seq: number; resolve: () => void }[] = [];
+      let seq = 0;
+      let draining = false;
+      const next = (): void => {
+        setImmediate(() => {
+          if (due.length === 0) {
+            draining = false;
+            return;
+          }
+          due.sort((a, b) => a.at - b.at || a.seq - b.seq);
+          const first = due.shift()!;
+          r.now = Math.max(r.now, first.at);
+          r.inFlight--;
+          first.resolve();
+          next();
+        });
       };
-      return Object.assign(r, { readAt });
+      const readAt = (): Promise<void> => new Promise((resolve) => {
+        r.maxInFlight = Math.max(r.maxInFlight, ++r.inFlight);
+        const done = perPullMs > 0 ? Math.max(r.now + rttMs, r.lastDone + perPullMs) : r.now + rttMs;
+        r.lastDone = done;
+        due.push({ at: done, seq: seq++, resolve });
+        if (!draining) {
+          draining = true;
+          next();
+        }
+      });
+      return Object.assign(r, { readAt, clock: () => r.now });
     }
 
     it('starts with 16 and grows to every worker while pulls do not slow down', async () => {
       const source = remote(5, 0);
-      // maxQueueMs well above the timers' own jitter (a 5 ms timer fires up to ~1 ms late)
-      const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 64, maxQueueMs: 4 });
+      const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 64, clock: source.clock });
       assert.equal(puller.window, 16);
       puller.start();
       assert.equal(source.maxInFlight, 16, 'slow start');
@@ -225,27 +246,24 @@ describe('Puller', () => {
     it('leaves pulls that fetched nothing (the chunk was local) out of its samples', async () => {
       const source = remote(10, 0);
       const local = 2000; // a resumed cache: these answer at once
+      let lowest = Infinity; // the window whenever a real pull starts
       const pull = async (off: number): Promise<boolean> => {
         if (off < local) return false;
+        lowest = Math.min(lowest, puller.window);
         await source.readAt();
         return true;
       };
-      const puller = new Puller({ readAt: () => Promise.resolve(), pull }, { chunkSize: 1, size: local + 1500, workers: 64, maxQueueMs: 2 });
-      let lowest = Infinity;
-      const watch = setInterval(() => void (puller.pulledChunks > local && (lowest = Math.min(lowest, puller.window))), 5);
+      const puller: Puller = new Puller({ readAt: () => Promise.resolve(), pull }, { chunkSize: 1, size: local + 1500, workers: 64, maxQueueMs: 2, clock: source.clock });
       puller.start();
       puller.finalize([]);
-      try {
-        await within(puller.wait(), 'wait()');
-      } finally {
-        clearInterval(watch);
-      }
-      assert.ok(lowest >= 32, `instant pulls must not pass for the round trip: the window fell to ${lowest}`);
+      await within(puller.wait(), 'wait()');
+      assert.ok(lowest >= 16, `instant pulls must not pass for the round trip: the window fell to ${lowest}, below the 16 it starts with`);
+      assert.equal(puller.window, 64, 'and it grew to every worker');
     });
 
     it('keeps far fewer than its workers in flight when more would only queue', async () => {
       const source = remote(2, 0.25); // 8 pulls fill the link; 256 would queue for 64 ms
-      const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 256 });
+      const puller = new Puller(source, { chunkSize: 1, size: 3000, workers: 256, clock: source.clock });
       puller.start();
       puller.finalize([]);
       await within(puller.wait(), 'wait()');
@@ -274,7 +292,7 @@ describe('Puller', () => {
 
     it('with maxQueueMs 0 keeps every worker busy from the start', async () => {
       const source = remote(2, 0.25);
-      const puller = new Puller(source, { chunkSize: 1, size: 600, workers: 256, maxQueueMs: 0 });
+      const puller = new Puller(source, { chunkSize: 1, size: 600, workers: 256, maxQueueMs: 0, clock: source.clock });
       puller.start();
       assert.equal(source.maxInFlight, 256);
       puller.finalize([]);
