@@ -142,6 +142,8 @@ export class Leecher extends EventEmitter<LeecherEvents> {
   readonly #puller: Puller;
   readonly #log: Logger;
   readonly #options: LeecherOptions;
+  /** The puller's maxQueueMs from finalize() on (pullMaxQueueMs, checked). */
+  readonly #pullMaxQueueMs: number;
   #state: CacheState | undefined;
   /** The seeder epoch the last round covered (0: none yet: everything since Track). */
   #since = 0;
@@ -154,12 +156,13 @@ export class Leecher extends EventEmitter<LeecherEvents> {
   #completing: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(options: LeecherOptions, chunkSize: number, workers: number) {
+  private constructor(options: LeecherOptions, chunkSize: number, workers: number, pullMaxQueueMs: number) {
     super();
     const seeder = options.seeder;
     const size = seeder.size;
     this.#seeder = seeder;
     this.#options = options;
+    this.#pullMaxQueueMs = pullMaxQueueMs;
     this.#log = (options.log ?? silentLogger).child({ component: 'leecher', seeder: seeder.uri });
     this.#cache = options.cache ?? new MemoryBackend({ size, chunkSize });
     if (this.#cache.size !== size) throw new UsageError(`the cache has ${this.#cache.size} bytes, the seeder ${size}`);
@@ -201,7 +204,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     if (!Number.isSafeInteger(workers) || workers < 0) throw new UsageError(`pullWorkers must be a whole number >= 0, got ${String(workers)}`);
     const maxQueueMs = options.pullMaxQueueMs ?? 1;
     if (!(maxQueueMs >= 0 && maxQueueMs < Infinity)) throw new UsageError(`pullMaxQueueMs must be a number of milliseconds >= 0, got ${String(maxQueueMs)}`);
-    const leecher = new Leecher(options, chunkSize, workers);
+    const leecher = new Leecher(options, chunkSize, workers, maxQueueMs);
     try {
       let session: number;
       try {
@@ -235,7 +238,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     state.restoreInto(this.table);
     await state.open(this.table, () => this.#cache.sync());
     this.#state = state;
-    this.#puller.maxQueueMs = this.#options.pullMaxQueueMs ?? 1;
+    this.#puller.maxQueueMs = this.#pullMaxQueueMs;
     this.#puller.finalize([]);
     this.#lock.unlock();
     const result = { dirtyOffsets: [], downtimeMs: 0, rounds: 0, localChunksAtSync: this.table.localCount, resumed: true };
@@ -387,7 +390,7 @@ export class Leecher extends EventEmitter<LeecherEvents> {
     const localChunksAtSync = this.table.localCount;
     const started = performance.now();
     // From now on reads of the device come: the pulls in flight drain during the Sync round trip.
-    this.#puller.maxQueueMs = this.#options.pullMaxQueueMs ?? 1;
+    this.#puller.maxQueueMs = this.#pullMaxQueueMs;
     let offsets: readonly number[];
     try {
       ({ offsets } = await this.#seeder.sync(this.#since));

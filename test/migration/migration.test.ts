@@ -49,6 +49,11 @@ async function seed(): Promise<Rig> {
   return { seeder, server, uri, content, events, stop: async () => { await server.close(); await seeder.close(); } };
 }
 
+/** A leecher of the seeder at `uri` with a file cache at `cachePath` that it can resume from. */
+async function fileLeecher(uri: string, cachePath: string): Promise<Leecher> {
+  return Leecher.open({ seeder: await SeederRemote.open(uri), cache: await FileBackend.open(cachePath, { size }), statePath: cachePath, chunkSize, pullWorkers: 4 });
+}
+
 async function readAll(backend: { readAt(buf: Buffer, off: number): Promise<void> }): Promise<Buffer> {
   const buf = Buffer.alloc(size);
   await backend.readAt(buf, 0);
@@ -194,9 +199,8 @@ describe('migration: pre-copy rounds and resuming', () => {
   it('a leecher started again with the same file cache pulls only what it lacked or what was written since', async () => {
     const rig = await seed();
     const cachePath = path.join(dir, `cache-${++n}.img`);
-    const cacheOf = () => FileBackend.open(cachePath, { size });
     try {
-      const first = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      const first = await fileLeecher(rig.uri, cachePath);
       await first.untilPulled();
       await first.round();
       await first.close(); // saves the state, as the interval save before a kill -9 would
@@ -206,7 +210,7 @@ describe('migration: pre-copy rounds and resuming', () => {
         data.copy(model, i * chunkSize);
         await rig.seeder.backend.writeAt(data, i * chunkSize);
       }
-      const second = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      const second = await fileLeecher(rig.uri, cachePath);
       try {
         assert.equal(second.rounds, 1, 'the catch-up round ran at open');
         await second.complete();
@@ -223,9 +227,8 @@ describe('migration: pre-copy rounds and resuming', () => {
   it('a leecher stopped after it finalized goes on when started again: no Track, what it wrote kept, the dirty chunks from the seeder', async () => {
     const rig = await seed();
     const cachePath = path.join(dir, `cache-${++n}.img`);
-    const cacheOf = () => FileBackend.open(cachePath, { size });
     try {
-      const first = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      const first = await fileLeecher(rig.uri, cachePath);
       await first.untilPulled();
       const model = Buffer.from(rig.content);
       const written = randomBytes(chunkSize);
@@ -238,7 +241,7 @@ describe('migration: pre-copy rounds and resuming', () => {
       await first.backend.writeAt(mine, 10 * chunkSize); // the destination's application, after the unlock
       await first.backend.sync();
       await first.close(); // before it completed (the seeder never got Close)
-      const second = await Leecher.open({ seeder: await SeederRemote.open(rig.uri), cache: await cacheOf(), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      const second = await fileLeecher(rig.uri, cachePath);
       try {
         assert.equal(second.finalized, true);
         const result = await second.finalize();
@@ -259,7 +262,7 @@ describe('migration: pre-copy rounds and resuming', () => {
     const cachePath = path.join(dir, `cache-${++n}.img`);
     const one = await seed();
     try {
-      const first = await Leecher.open({ seeder: await SeederRemote.open(one.uri), cache: await FileBackend.open(cachePath, { size }), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      const first = await fileLeecher(one.uri, cachePath);
       await first.untilPulled();
       await first.close();
     } finally {
@@ -267,7 +270,7 @@ describe('migration: pre-copy rounds and resuming', () => {
     }
     const two = await seed();
     try {
-      const second = await Leecher.open({ seeder: await SeederRemote.open(two.uri), cache: await FileBackend.open(cachePath, { size }), statePath: cachePath, chunkSize, pullWorkers: 4 });
+      const second = await fileLeecher(two.uri, cachePath);
       try {
         await second.complete();
         assert.equal(second.fetchedBytes, size);
