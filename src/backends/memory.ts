@@ -10,7 +10,8 @@
  * 32-bit arithmetic). Every call runs to completion synchronously inside its promise, so
  * concurrent calls never interleave.
  * `trim` and `zero` drop whole pages and zero partial ones. `extents` reports the pages never
- * allocated as holes of zeros (NBD base:allocation).
+ * allocated as holes of zeros (NBD base:allocation). `views` hands out the pages themselves, so
+ * the NBD server moves payloads between socket and pages without a copy of its own.
  */
 import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
@@ -30,6 +31,14 @@ interface ResolvedMemoryBackendOptions {
   readonly size: number;
   readonly pageSize: number;
   readonly readOnly: boolean;
+}
+
+/** Holes are sent from this (never written: Backend.views hands out read-only views of it). */
+let zeros = Buffer.alloc(0);
+
+function zeroView(length: number): Buffer {
+  if (zeros.length < length) zeros = Buffer.alloc(Math.max(length, 1024 * 1024));
+  return zeros.subarray(0, length);
 }
 
 /** The memory backend's default allocation unit: 1 MiB (a page, not a chunk: any range is accepted). */
@@ -85,6 +94,28 @@ export class MemoryBackend implements Backend {
       if (last !== undefined && last.flags === flags) last.length += stop - pos;
       else out.push({ length: stop - pos, flags });
       pos = stop;
+    }
+    return out;
+  }
+
+  /** Backend.views: the pages themselves (allocated and zeroed for a write), zeros for holes. */
+  views(off: number, length: number, write: boolean): readonly Buffer[] {
+    this.#check(off, length, write);
+    const pageSize = this.pageSize;
+    const out: Buffer[] = [];
+    const end = off + length;
+    for (let pos = off; pos < end; ) {
+      const index = Math.floor(pos / pageSize);
+      const pageStart = index * pageSize;
+      const n = Math.min(pageStart + pageSize, end) - pos;
+      let page = this.#pages.get(index);
+      if (page === undefined && write) {
+        page = Buffer.alloc(Math.min(pageSize, this.size - pageStart));
+        this.#pages.set(index, page);
+      }
+      const inPage = pos - pageStart;
+      out.push(page === undefined ? zeroView(n) : inPage === 0 && n === page.length ? page : page.subarray(inPage, inPage + n));
+      pos += n;
     }
     return out;
   }

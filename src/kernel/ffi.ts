@@ -78,6 +78,7 @@ interface Libc {
   readonly open: Fn;
   readonly close: Fn;
   readonly dup: Fn;
+  readonly fcntl: Fn;
   readonly mmap: Fn;
   readonly munmap: Fn;
   readonly msync: Fn;
@@ -110,6 +111,7 @@ function libc(): Libc {
     open: lib.func('int open(const char *path, int flags, uint32_t mode)'),
     close: lib.func('int close(int fd)'),
     dup: lib.func('int dup(int fd)'),
+    fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
     mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
     munmap: lib.func('int munmap(void *addr, size_t length)'),
     msync: lib.func('int msync(void *addr, size_t length, int flags)'),
@@ -190,6 +192,13 @@ export function close(fd: number, device?: string): void {
 
 export function dup(fd: number, device?: string): number {
   return check(libc().dup(fd) as number, 'dup', device);
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/** dup(2) with close-on-exec set (fcntl F_DUPFD_CLOEXEC): the copy does not leak into child processes. */
+export function dupCloexec(fd: number, device?: string): number {
+  return check(libc().fcntl(fd, F_DUPFD_CLOEXEC, 0) as number, 'fcntl(F_DUPFD_CLOEXEC)', device);
 }
 
 /** mmap(2) at an address the kernel picks; `fd` -1 with MAP_ANONYMOUS. */

@@ -10,6 +10,12 @@
  *   Backend.writev: no copy at all); otherwise, or when the pieces get too small on average (over
  *   2 + length / MIN_AVG_PIECE of them), it is copied piece by piece straight into a destination the
  *   sink provides (`allocPayload`): never a concat of socket chunks.
+ * - A sink with `writeTarget` (a backend that exposes its storage) may name where a WRITE payload
+ *   goes: the bytes are copied there from the chunk, and the rest is read by the socket straight
+ *   into it (`directBuffer()` names the next read's destination, `pushDirect(n)` reports it): the
+ *   payload is never copied in user space beyond the first chunk.
+ * - Transient chunks (`transient`: the socket reads into one reused buffer) are never kept: a
+ *   WRITE payload inside one is copied out, and bytes left queued when parsing stops are copied.
  * - The sink validates each header before its payload: a WRITE it refuses has its payload skipped
  *   (drained without buffering) so the stream stays in sync.
  * - Parsing stops when `onRequest` returns false and goes on at `resume()`; chunks pushed meanwhile
@@ -35,6 +41,10 @@ export class NbdRequest implements NbdRequestHeader {
   pieces: Buffer[] | undefined = undefined;
   /** Buffer from the sink's allocator backing `payload` (or, later, READ data), to give back when done. */
   pooled: Buffer | undefined = undefined;
+  /** A READ's data as the backend's own views (Backend.views), sent as they are. */
+  views: readonly Buffer[] | undefined = undefined;
+  /** The WRITE payload was received straight into the sink's `writeTarget` views: it is written already. */
+  direct = false;
 }
 
 export interface RequestSink {
@@ -44,14 +54,27 @@ export interface RequestSink {
   validate(req: NbdRequest): number;
   /** A buffer of at least `length` bytes for a WRITE payload that spans chunks. */
   allocPayload(length: number): Buffer;
+  /**
+   * Where a valid WRITE's payload goes, as views to fill in order (their lengths add up to
+   * `req.length`), or undefined to receive it as usual. May set `req.errno` instead (the payload
+   * is then skipped). Called once per WRITE, after `validate` passed it.
+   */
+  writeTarget?(req: NbdRequest): readonly Buffer[] | undefined;
   /** A complete request (WRITE payload received or skipped). Return false to stop parsing. */
   onRequest(req: NbdRequest): boolean;
+}
+
+export interface RequestParserOptions {
+  /** Every pushed chunk is reused by the caller once `push` returns (see the file comment). */
+  readonly transient?: boolean;
 }
 
 const STATE_HEADER = 0;
 const STATE_PAYLOAD = 1;
 const STATE_SKIP = 2;
 const STATE_DEAD = 3;
+/** A WRITE payload going into `writeTarget` views. */
+const STATE_DIRECT = 4;
 /** Pieces smaller than this on average are gathered into one buffer instead (bounds per-piece overhead). */
 const MIN_AVG_PIECE = 4096;
 
@@ -70,16 +93,40 @@ export class RequestParser {
   readonly #queue: Buffer[] = [];
   #stopped = false;
   #parsing = false;
+  readonly #transient: boolean;
+  /** STATE_DIRECT: the views being filled, the one being filled now and how far. */
+  #targets: readonly Buffer[] = [];
+  #targetIndex = 0;
+  #targetFill = 0;
 
-  constructor(sink: RequestSink) {
+  constructor(sink: RequestSink, options: RequestParserOptions = {}) {
     this.#sink = sink;
-    this.#scatter = sink.scatterWrites === true;
+    this.#transient = options.transient === true;
+    this.#scatter = sink.scatterWrites === true && !this.#transient;
   }
 
   /** Feeds bytes; throws NbdProtocolError on garbage (the parser is then dead). */
   push(chunk: Buffer): void {
     if (this.#state === STATE_DEAD || chunk.length === 0) return;
     this.#queue.push(chunk);
+    this.#drain();
+    if (this.#transient) this.#keepQueued();
+  }
+
+  /**
+   * Where the next socket read may go straight: the unfilled rest of the current `writeTarget`
+   * view, while a payload is being received into one and nothing is queued; else undefined.
+   */
+  directBuffer(): Buffer | undefined {
+    if (this.#state !== STATE_DIRECT || this.#queue.length > 0) return undefined;
+    const target = this.#targets[this.#targetIndex]!;
+    return this.#targetFill === 0 ? target : target.subarray(this.#targetFill);
+  }
+
+  /** `n` bytes were read straight into the buffer `directBuffer()` returned. */
+  pushDirect(n: number): void {
+    if (this.#state !== STATE_DIRECT) return;
+    this.#advanceTarget(n);
     this.#drain();
   }
 
@@ -109,7 +156,7 @@ export class RequestParser {
 
   /** True when part of a request has been consumed but not all of it. */
   get midFrame(): boolean {
-    return this.#headerFill > 0 || this.#state === STATE_PAYLOAD || this.#state === STATE_SKIP;
+    return this.#headerFill > 0 || this.#state === STATE_PAYLOAD || this.#state === STATE_SKIP || this.#state === STATE_DIRECT;
   }
 
   #drain(): void {
@@ -129,6 +176,27 @@ export class RequestParser {
       throw err;
     } finally {
       this.#parsing = false;
+    }
+  }
+
+  /** Transient chunks: what stays queued is copied, since the caller reuses the chunk. */
+  #keepQueued(): void {
+    const queue = this.#queue;
+    for (let i = 0; i < queue.length; i++) queue[i] = Buffer.from(queue[i]!);
+  }
+
+  /** STATE_DIRECT: `n` more bytes of the payload are in place. */
+  #advanceTarget(n: number): void {
+    this.#payloadFill += n;
+    this.#targetFill += n;
+    const targets = this.#targets;
+    while (this.#targetIndex < targets.length && this.#targetFill >= targets[this.#targetIndex]!.length) {
+      this.#targetFill -= targets[this.#targetIndex]!.length;
+      this.#targetIndex++;
+    }
+    if (this.#payloadFill === this.#current!.length) {
+      this.#targets = [];
+      this.#finishCurrent();
     }
   }
 
@@ -154,11 +222,9 @@ export class RequestParser {
         req.errno = this.#sink.validate(req);
         if (req.type !== NBD_CMD_WRITE || req.length === 0) {
           this.#emit(req);
-        } else if (req.errno !== 0) {
-          this.#current = req;
-          this.#skipLeft = req.length;
-          this.#state = STATE_SKIP;
-        } else if (end - pos >= req.length) {
+        } else if (this.#takePayload(req)) {
+          // skipped, or going into the sink's views
+        } else if (end - pos >= req.length && !this.#transient) {
           req.payload = chunk.subarray(pos, pos + req.length);
           pos += req.length;
           this.#emit(req);
@@ -173,6 +239,12 @@ export class RequestParser {
           this.#payloadFill = 0;
           this.#state = STATE_PAYLOAD;
         }
+      } else if (this.#state === STATE_DIRECT) {
+        const target = this.#targets[this.#targetIndex]!;
+        const n = Math.min(target.length - this.#targetFill, end - pos);
+        chunk.copy(target, this.#targetFill, pos, pos + n);
+        pos += n;
+        this.#advanceTarget(n);
       } else if (this.#state === STATE_PAYLOAD) {
         const req = this.#current!;
         const n = Math.min(req.length - this.#payloadFill, end - pos);
@@ -193,6 +265,32 @@ export class RequestParser {
       }
     }
     return pos;
+  }
+
+  /**
+   * A WRITE with a payload: skipped when refused, else the sink is asked for target views. True
+   * when the payload is taken care of (STATE_SKIP or STATE_DIRECT); false to receive it as usual.
+   */
+  #takePayload(req: NbdRequest): boolean {
+    if (req.errno === 0) {
+      if (this.#sink.writeTarget === undefined) return false;
+      const targets = this.#sink.writeTarget(req);
+      if (targets !== undefined && req.errno === 0) {
+        req.direct = true;
+        this.#current = req;
+        this.#targets = targets;
+        this.#targetIndex = 0;
+        this.#targetFill = 0;
+        this.#payloadFill = 0;
+        this.#state = STATE_DIRECT;
+        return true;
+      }
+      if (req.errno === 0) return false;
+    }
+    this.#current = req;
+    this.#skipLeft = req.length;
+    this.#state = STATE_SKIP;
+    return true;
   }
 
   #allocPayload(req: NbdRequest): void {

@@ -58,6 +58,8 @@ interface Connection {
   transmission: Transmission | undefined;
   /** Marks the connection's socket closed (the raw socket's 'close', or the TLS socket's). */
   readonly socketClosed: () => void;
+  /** Accepted by a listener (not handed over by serveAttached): the transmission may re-open it. */
+  readonly accepted: boolean;
 }
 
 const MIB = 1024 * 1024;
@@ -86,7 +88,7 @@ export class NbdServer {
   /** Starts listening; resolves with the bound address ("127.0.0.1:PORT", "[::1]:PORT", "unix:/path"). */
   async listen(address: ListenAddress): Promise<string> {
     if (this.#closing !== undefined) throw new ClosedError('NBD server');
-    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.handle(socket));
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket, true));
     if ('path' in address) await listenUnix(server, address.path);
     else await listenOn(server, { host: address.host === '' ? undefined : address.host, port: address.port }, formatListenAddress(address));
     server.on('error', (err) => this.#log.error({ err }, 'listener failed'));
@@ -102,7 +104,12 @@ export class NbdServer {
    * `allowHalfOpen: true` (as `listen()` does) so a client that half-closes still gets its replies.
    */
   handle(socket: Socket): void {
-    const entry = this.#register(socket);
+    this.#accept(socket, false);
+  }
+
+  /** `owned`: the server accepted the socket itself, so the transmission may re-open it. */
+  #accept(socket: Socket, owned: boolean): void {
+    const entry = this.#register(socket, owned);
     if (entry === undefined) return;
     const handshake = new Handshake(this.#handshakeOptions(entry.log), socket);
     this.#haggle(entry, handshake);
@@ -183,7 +190,7 @@ export class NbdServer {
    */
   serveAttached(socket: Socket, exportName: string): void {
     const exp = this.#exportNamed(exportName);
-    const entry = this.#register(socket);
+    const entry = this.#register(socket, false);
     if (entry === undefined) return;
     this.#transmit(entry, exp, exp.backend.size, transmissionFlagsFor(exp), undefined);
   }
@@ -199,7 +206,7 @@ export class NbdServer {
     return exp;
   }
 
-  #register(socket: Socket): Connection | undefined {
+  #register(socket: Socket, accepted: boolean): Connection | undefined {
     if (this.#closing !== undefined) {
       socket.destroy();
       return undefined;
@@ -209,7 +216,7 @@ export class NbdServer {
     log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection accepted');
     let socketClosed!: () => void;
     const closedSocket = new Promise<void>((resolve) => (socketClosed = resolve));
-    const entry: Connection = { socket, conn, log, transmission: undefined, socketClosed };
+    const entry: Connection = { socket, conn, log, transmission: undefined, socketClosed, accepted };
     socket.setNoDelay(true);
     socket.on('error', (err) => log.debug({ err }, 'socket error'));
     socket.once('close', socketClosed);
@@ -235,6 +242,7 @@ export class NbdServer {
       maxInFlight: this.#options.maxInFlight,
       maxInFlightBytes: this.#options.maxInFlightBytes,
       minBlockSize: this.#options.minBlockSize,
+      userBuffers: entry.accepted,
       conn: entry.conn,
       log: entry.log,
     });

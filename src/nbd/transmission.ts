@@ -12,6 +12,10 @@
  *   READ buffer goes back only in its write callback, never while the socket may still send it.
  *   With a backend that has `writev`, a WRITE payload that spans chunks is not copied at all: the
  *   parser hands over its chunk views (`req.pieces`) and they go to `backend.writev` as they are.
+ * - With a backend that has `views` (memory), nothing is copied in user space: a WRITE payload
+ *   goes into the backend's pages (on an accepted plain socket, re-opened with `onread`, the
+ *   socket reads it straight into them and every other read goes into one reused buffer), and a
+ *   READ reply is sent from them.
  * - Bad requests get an NBD errno and the connection goes on; a broken stream (bad magic) closes
  *   only this connection, with one log line.
  */
@@ -39,6 +43,7 @@ import {
 import { replyErrnoFor } from './errno.js';
 import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
 import { PayloadPool } from './payload-pool.js';
+import { reopenWithUserBuffers } from './user-buffer-socket.js';
 
 export interface TransmissionOptions {
   readonly backend: Backend;
@@ -53,6 +58,11 @@ export interface TransmissionOptions {
   readonly maxInFlight: number;
   readonly maxInFlightBytes: number;
   readonly minBlockSize: number;
+  /**
+   * The socket may be re-opened to read into reused buffers (user-buffer-socket.ts): true for
+   * connections the server accepted, not for sockets it was handed (their owner closes them).
+   */
+  readonly userBuffers?: boolean;
   /** Connection id for diagnostics events. */
   readonly conn: number;
   /** The connection's child logger. */
@@ -76,12 +86,17 @@ const STATE_DRAINING = 1;
 const STATE_ENDING = 2;
 const STATE_CLOSED = 3;
 
+/** Size of the reused buffer a re-opened socket reads requests into (Node's own read size). */
+const READ_BUFFER_SIZE = 64 * 1024;
+
 export class Transmission implements RequestSink {
-  readonly #socket: Socket;
+  #socket: Socket;
   readonly #backend: Backend;
   readonly #options: TransmissionOptions;
   readonly #log: Logger;
-  readonly #parser: RequestParser;
+  #parser: RequestParser;
+  /** The reused read buffer of a re-opened socket; undefined while Node allocates per read. */
+  #readBuffer: Buffer | undefined = undefined;
   readonly #pool: PayloadPool;
   readonly #readOnly: boolean;
   /** FUA where advertised (writable exports), else 0: an unadvertised flag is EINVAL. */
@@ -134,6 +149,7 @@ export class Transmission implements RequestSink {
 
   /** Takes over the socket's events; `remainder` is what followed the handshake in its last chunk. */
   start(remainder: Buffer | undefined): void {
+    if (this.#options.userBuffers === true && this.#backend.views !== undefined) this.#useUserBuffers();
     const socket = this.#socket;
     socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
@@ -142,6 +158,36 @@ export class Transmission implements RequestSink {
     if (socket.destroyed) this.#onClose();
     else if (remainder !== undefined) this.#onData(remainder);
   }
+
+  /** Re-opens the socket to read into `#readBuffer` or straight into the backend's pages. */
+  #useUserBuffers(): void {
+    // Both are in place before the reopen: the new socket asks for its first buffer at once.
+    const parser = this.#parser;
+    this.#readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE);
+    this.#parser = new RequestParser(this, { transient: true });
+    const reopened = reopenWithUserBuffers(this.#socket, { buffer: this.#nextReadBuffer, callback: this.#onUserRead });
+    if (reopened === undefined) {
+      this.#readBuffer = undefined;
+      this.#parser = parser;
+      return;
+    }
+    this.#socket = reopened;
+    this.#log.debug('reading into reused buffers');
+    reopened.on('error', (err) => this.#log.debug({ err }, 'socket error'));
+    reopened.resume();
+  }
+
+  readonly #nextReadBuffer = (): Buffer => this.#parser.directBuffer() ?? this.#readBuffer!;
+
+  readonly #onUserRead = (n: number, buf: Buffer): boolean => {
+    try {
+      if (buf === this.#readBuffer) this.#parser.push(buf.subarray(0, n));
+      else this.#parser.pushDirect(n);
+    } catch (err) {
+      this.#fail(err);
+    }
+    return true;
+  };
 
   /** Graceful stop for server close: read no more, finish what is in flight, sync if written, close. */
   shutdown(): Promise<void> {
@@ -194,6 +240,18 @@ export class Transmission implements RequestSink {
     return this.#pool.acquire(length);
   }
 
+  /** A WRITE payload goes straight into the backend's pages where it has them (Backend.views). */
+  writeTarget(req: NbdRequest): readonly Buffer[] | undefined {
+    const backend = this.#backend;
+    if (backend.views === undefined) return undefined;
+    try {
+      return backend.views(req.offset, req.length, true);
+    } catch (err) {
+      req.errno = replyErrnoFor(err, this.#log, { cmd: req.type, offset: req.offset, length: req.length });
+      return undefined;
+    }
+  }
+
   onRequest(req: NbdRequest): boolean {
     if (this.#state !== STATE_RUNNING) return false;
     if (req.type === NBD_CMD_DISC) {
@@ -222,6 +280,10 @@ export class Transmission implements RequestSink {
       const backend = this.#backend;
       switch (req.type) {
         case NBD_CMD_READ: {
+          if (backend.views !== undefined) {
+            req.views = backend.views(req.offset, req.length, false);
+            break;
+          }
           const buf = this.#pool.acquire(req.length);
           req.pooled = buf;
           req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
@@ -229,7 +291,9 @@ export class Transmission implements RequestSink {
           break;
         }
         case NBD_CMD_WRITE:
-          if (req.pieces !== undefined) {
+          if (req.direct) {
+            // already in the backend's pages (writeTarget)
+          } else if (req.pieces !== undefined) {
             const pieces = req.pieces;
             req.pieces = undefined;
             await backend.writev!(pieces, req.offset);
@@ -319,7 +383,7 @@ export class Transmission implements RequestSink {
       requestChannel.publish({ conn: this.#options.conn, cmd: req.type, offset: req.offset, length: req.length, errno });
     }
     const socket = this.#socket;
-    const withData = errno === 0 && req.type === NBD_CMD_READ && req.payload !== undefined;
+    const withData = errno === 0 && req.type === NBD_CMD_READ && (req.payload !== undefined || req.views !== undefined);
     if (socket.destroyed || !socket.writable) {
       if (req.pooled !== undefined) this.#pool.release(req.pooled);
       return;
@@ -330,7 +394,11 @@ export class Transmission implements RequestSink {
       process.nextTick(this.#uncork);
     }
     socket.write(this.#replyHeader(req, errno, withData));
-    if (withData) {
+    const views = req.views;
+    if (views !== undefined) {
+      req.views = undefined;
+      if (withData) for (let i = 0; i < views.length; i++) socket.write(views[i]!);
+    } else if (withData) {
       this.#sent.push(req.pooled);
       socket.write(req.payload!, this.#onPayloadWritten);
     } else if (req.pooled !== undefined) {
@@ -358,7 +426,7 @@ export class Transmission implements RequestSink {
       req.payload = undefined;
       return reply;
     }
-    const dataLength = withData ? req.payload!.length : 0;
+    const dataLength = withData ? req.length : 0;
     if (dataLength === 0) { // a zero-length READ: no data chunk, only the end of the reply
       const none = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE);
       encodeStructuredReplyHeader(none, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, req.handleHi, req.handleLo, 0);

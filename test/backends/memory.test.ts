@@ -25,6 +25,33 @@ for (const { chunkSize, tail } of [{ chunkSize: 64, tail: 37 }, { chunkSize: 4 *
 }
 
 describe('MemoryBackend', () => {
+  it('views are its pages: filling write views is the write, read views show holes as zeros', async () => {
+    const backend = new MemoryBackend({ size: 10 * 64 + 37, pageSize: 64 });
+    const holes = backend.views(10, 200, false);
+    assert.deepEqual(holes.map((v) => v.length), [54, 64, 64, 18]);
+    assert.ok(holes.every((v) => v.equals(Buffer.alloc(v.length))));
+    assert.equal(backend.allocatedPages, 0, 'a read view allocates nothing');
+    const views = backend.views(100, 100, true);
+    assert.deepEqual(views.map((v) => v.length), [28, 64, 8]);
+    assert.equal(backend.allocatedPages, 3);
+    assert.ok(views.every((v) => v.equals(Buffer.alloc(v.length))), 'new pages start as zeros');
+    pattern(100, 9).copy(views[0]!, 0, 0, 28);
+    pattern(100, 9).copy(views[1]!, 0, 28, 92);
+    pattern(100, 9).copy(views[2]!, 0, 92, 100);
+    const back = Buffer.alloc(140, 0xee);
+    await backend.readAt(back, 80);
+    assert.deepEqual(back, Buffer.concat([Buffer.alloc(20), pattern(100, 9), Buffer.alloc(20)]));
+    const whole = backend.views(128, 64, false);
+    assert.equal(whole.length, 1);
+    assert.deepEqual(whole[0], pattern(100, 9).subarray(28, 92));
+    const tail = backend.views(10 * 64, 37, true);
+    assert.equal(tail[0]!.length, 37, 'the short last page');
+    assert.throws(() => backend.views(600, 100, false), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => new MemoryBackend({ size: 64, readOnly: true }).views(0, 1, true), { code: 'ERR_READ_ONLY' });
+    await backend.close();
+    assert.throws(() => backend.views(0, 1, false), { code: 'ERR_CLOSED' });
+  });
+
   it('takes the page size as pageSize, or under its old name chunkSize, and declares no blockSize (any range)', async () => {
     const paged = new MemoryBackend({ size: 1000, pageSize: 64 });
     const old = new MemoryBackend({ size: 1000, chunkSize: 64 });

@@ -337,3 +337,100 @@ describe('RequestParser with a scatter sink', () => {
   });
 });
 
+
+/** A sink whose WRITE payloads go into its own views (as Backend.views gives), two per payload. */
+class TargetSink extends RecordingSink {
+  readonly targets = new Map<number, Buffer>();
+  refuseTargetOf = -1;
+  writeTarget(req: NbdRequest): readonly Buffer[] | undefined {
+    if (req.handleLo === this.refuseTargetOf) {
+      req.errno = NBD_EINVAL;
+      return undefined;
+    }
+    const store = Buffer.alloc(req.length, 0xcc);
+    this.targets.set(req.handleLo, store);
+    const cut = Math.min(1000, req.length);
+    return [store.subarray(0, cut), store.subarray(cut)];
+  }
+  override summary(): unknown[] {
+    return this.seen.map((r) => ({
+      type: r.type, handle: r.handleLo, offset: r.offset, length: r.length, errno: r.errno,
+      payload: r.direct ? digest(this.targets.get(r.handleLo)) : digest(r.payload),
+    }));
+  }
+}
+
+/**
+ * Feeds `stream` as a socket with `onread` would: each read of a random size goes where
+ * `directBuffer()` says, else into one reused buffer that is scribbled over after every push.
+ */
+function readLikeASocket(parser: RequestParser, stream: Buffer, seed: number): { direct: number; reads: number } {
+  const random = mulberry32(seed);
+  const scratch = Buffer.alloc(64 * 1024);
+  let pos = 0;
+  let direct = 0;
+  let reads = 0;
+  while (pos < stream.length) {
+    const into = parser.directBuffer() ?? scratch;
+    const n = Math.min(into.length, stream.length - pos, 1 + Math.floor(random() * 20000));
+    stream.copy(into, 0, pos, pos + n);
+    pos += n;
+    reads++;
+    if (into === scratch) {
+      parser.push(scratch.subarray(0, n));
+      scratch.fill(0x5a);
+    } else {
+      direct++;
+      parser.pushDirect(n);
+    }
+  }
+  return { direct, reads };
+}
+
+describe('RequestParser with write targets and transient chunks', () => {
+  const stream = encodeStream(FIXTURE);
+
+  test('copies a payload into the targets and reads the rest straight into them', () => {
+    for (let seed = 1; seed <= 20; seed++) {
+      const sink = new TargetSink();
+      const parser = new RequestParser(sink, { transient: true });
+      const { direct } = readLikeASocket(parser, stream, seed);
+      assert.deepEqual(sink.summary(), EXPECTED, `seed ${seed}`);
+      assert.equal(sink.allocs, 0, 'nothing is gathered into a buffer of its own');
+      assert.ok(direct > 0, 'the 70000-byte payload is read straight into its views at least once');
+      assert.equal(parser.midFrame, false);
+    }
+  });
+
+  test('offers no direct buffer while bytes are queued, and keeps queued bytes across a stop', () => {
+    const sink = new TargetSink();
+    sink.stopAt = 2;
+    const parser = new RequestParser(sink, { transient: true });
+    const scratch = Buffer.from(stream);
+    parser.push(scratch);
+    assert.equal(parser.stopped, true);
+    scratch.fill(0x5a); // the caller reuses its buffer: what the parser queued must be its own copy
+    assert.equal(parser.directBuffer(), undefined);
+    parser.resume();
+    assert.deepEqual(sink.summary(), EXPECTED);
+  });
+
+  test('skips the payload of a WRITE whose target the sink refuses', () => {
+    const sink = new TargetSink();
+    sink.refuseTargetOf = 4;
+    const parser = new RequestParser(sink, { transient: true });
+    readLikeASocket(parser, stream, 7);
+    const refused = sink.seen.find((r) => r.handleLo === 4)!;
+    assert.equal(refused.errno, NBD_EINVAL);
+    assert.equal(refused.direct, false);
+    assert.equal(sink.seen.length, FIXTURE.length, 'the stream stays in sync after the skipped payload');
+  });
+
+  test('a transient chunk is never handed out: a payload inside one is copied', () => {
+    const sink = new RecordingSink();
+    const parser = new RequestParser(sink, { transient: true });
+    readLikeASocket(parser, stream, 3);
+    assert.deepEqual(sink.summary(), EXPECTED);
+    for (const req of sink.seen) if (req.payload !== undefined) assert.notEqual(req.pooled, undefined, 'every payload is in a buffer of the sink');
+  });
+});
