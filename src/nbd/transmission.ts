@@ -86,6 +86,8 @@ const STATE_DRAINING = 1;
 const STATE_ENDING = 2;
 const STATE_CLOSED = 3;
 
+/** READ replies from Backend.views up to this size go out as one buffer (header and data copied in). */
+const COALESCE_MAX = 16 * 1024;
 /** Size of the reused buffer a re-opened socket reads requests into (Node's own read size). */
 const READ_BUFFER_SIZE = 64 * 1024;
 
@@ -393,16 +395,27 @@ export class Transmission implements RequestSink {
       socket.cork();
       process.nextTick(this.#uncork);
     }
-    socket.write(this.#replyHeader(req, errno, withData));
     const views = req.views;
-    if (views !== undefined) {
-      req.views = undefined;
-      if (withData) for (let i = 0; i < views.length; i++) socket.write(views[i]!);
-    } else if (withData) {
-      this.#sent.push(req.pooled);
-      socket.write(req.payload!, this.#onPayloadWritten);
-    } else if (req.pooled !== undefined) {
-      this.#pool.release(req.pooled);
+    req.views = undefined;
+    if (views !== undefined && withData && req.length <= COALESCE_MAX) {
+      // A small READ from the backend's pages: header and data in one buffer, one write.
+      const headerLength = this.#structured ? NBD_STRUCTURED_REPLY_HEADER_SIZE + 8 : NBD_SIMPLE_REPLY_SIZE;
+      const total = headerLength + req.length;
+      const buf = this.#pool.acquire(total);
+      this.#encodeDataHeader(buf, req);
+      for (let i = 0, at = headerLength; i < views.length; i++) at += views[i]!.copy(buf, at);
+      this.#sent.push(buf);
+      socket.write(buf.length === total ? buf : buf.subarray(0, total), this.#onPayloadWritten);
+    } else {
+      socket.write(this.#replyHeader(req, errno, withData));
+      if (views !== undefined) {
+        if (withData) for (let i = 0; i < views.length; i++) socket.write(views[i]!);
+      } else if (withData) {
+        this.#sent.push(req.pooled);
+        socket.write(req.payload!, this.#onPayloadWritten);
+      } else if (req.pooled !== undefined) {
+        this.#pool.release(req.pooled);
+      }
     }
     req.payload = undefined;
     req.pooled = undefined;
@@ -433,9 +446,18 @@ export class Transmission implements RequestSink {
       return none;
     }
     const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + 8);
-    encodeStructuredReplyHeader(header, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req.handleHi, req.handleLo, 8 + dataLength);
-    writeU64(header, NBD_STRUCTURED_REPLY_HEADER_SIZE, req.offset);
+    this.#encodeDataHeader(header, req);
     return header;
+  }
+
+  /** The header of a successful READ reply with all its data, at the start of `target`. */
+  #encodeDataHeader(target: Buffer, req: NbdRequest): void {
+    if (!this.#structured) {
+      encodeSimpleReply(target, 0, 0, req.handleHi, req.handleLo);
+      return;
+    }
+    encodeStructuredReplyHeader(target, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req.handleHi, req.handleLo, 8 + req.length);
+    writeU64(target, NBD_STRUCTURED_REPLY_HEADER_SIZE, req.offset);
   }
 
   readonly #uncork = (): void => {
