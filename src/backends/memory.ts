@@ -14,6 +14,7 @@
  * the NBD server moves payloads between socket and pages without a copy of its own.
  */
 import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
+import { zeroView } from '../pipeline/zero-views.js';
 import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 
 export interface MemoryBackendOptions {
@@ -31,14 +32,6 @@ interface ResolvedMemoryBackendOptions {
   readonly size: number;
   readonly pageSize: number;
   readonly readOnly: boolean;
-}
-
-/** Holes are sent from this (never written: Backend.views hands out read-only views of it). */
-let zeros = Buffer.alloc(0);
-
-function zeroView(length: number): Buffer {
-  if (zeros.length < length) zeros = Buffer.alloc(Math.max(length, 1024 * 1024));
-  return zeros.subarray(0, length);
 }
 
 /** The memory backend's default allocation unit: 1 MiB (a page, not a chunk: any range is accepted). */

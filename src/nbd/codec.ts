@@ -281,6 +281,7 @@ export function decodeString(buf: Buffer, off: number, length: number): string |
 export const NBD_REPLY_FLAG_DONE = 1;
 export const NBD_REPLY_TYPE_NONE = 0;
 export const NBD_REPLY_TYPE_OFFSET_DATA = 1;
+export const NBD_REPLY_TYPE_OFFSET_HOLE = 2;
 export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
 export const NBD_REPLY_TYPE_ERROR = 2 ** 15 + 1;
 /** magic u32, flags u16, type u16, cookie u64, length u32. */

@@ -32,6 +32,7 @@ import {
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_STRUCTURED_REPLY_HEADER_SIZE,
   writeU64,
   type NbdExtent,
@@ -42,6 +43,7 @@ import {
 } from './constants.js';
 import { replyErrnoFor } from './errno.js';
 import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
+import { isZeroView } from '../pipeline/zero-views.js';
 import { PayloadPool } from './payload-pool.js';
 import { reopenWithUserBuffers } from './user-buffer-socket.js';
 
@@ -86,6 +88,9 @@ const STATE_DRAINING = 1;
 const STATE_ENDING = 2;
 const STATE_CLOSED = 3;
 
+/** Holes in READ views shorter than this are sent as zeros (a hole chunk costs 32 bytes and a write). */
+const MIN_HOLE = 4096;
+const isHole = (view: Buffer): boolean => view.length >= MIN_HOLE && isZeroView(view);
 /** READ replies from Backend.views up to this size go out as one buffer (header and data copied in). */
 const COALESCE_MAX = 16 * 1024;
 /** Size of the reused buffer a re-opened socket reads requests into (Node's own read size). */
@@ -105,7 +110,7 @@ export class Transmission implements RequestSink {
   readonly #fuaFlag: number;
   /** FAST_ZERO where advertised (writable exports), else 0. */
   readonly #fastZeroFlag: number;
-  /** DF where advertised (structured replies: a READ reply is one chunk anyway), else 0. */
+  /** DF where advertised (structured replies): the READ reply is then one OFFSET_DATA chunk, holes included. */
   readonly #dfFlag: number;
   readonly #structured: boolean;
   /** RequestSink: multi-chunk WRITE payloads as chunk views, for backend.writev. */
@@ -397,7 +402,9 @@ export class Transmission implements RequestSink {
     }
     const views = req.views;
     req.views = undefined;
-    if (views !== undefined && withData && req.length <= COALESCE_MAX) {
+    if (views !== undefined && withData && this.#structured && (req.flags & NBD_CMD_FLAG_DF) === 0 && this.#writeSparse(req, views)) {
+      // sent as data and hole chunks
+    } else if (views !== undefined && withData && req.length <= COALESCE_MAX) {
       // A small READ from the backend's pages: header and data in one buffer, one write.
       const headerLength = this.#structured ? NBD_STRUCTURED_REPLY_HEADER_SIZE + 8 : NBD_SIMPLE_REPLY_SIZE;
       const total = headerLength + req.length;
@@ -448,6 +455,33 @@ export class Transmission implements RequestSink {
     const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + 8);
     this.#encodeDataHeader(header, req);
     return header;
+  }
+
+  /**
+   * A structured READ reply over views with holes in them (zeroView, at least MIN_HOLE bytes): an
+   * OFFSET_HOLE chunk per run of holes, an OFFSET_DATA chunk per run of data, DONE on the last.
+   * Returns false, having sent nothing, when there is no such hole.
+   */
+  #writeSparse(req: NbdRequest, views: readonly Buffer[]): boolean {
+    if (!views.some(isHole)) return false;
+    const socket = this.#socket;
+    let off = req.offset;
+    for (let i = 0; i < views.length; ) {
+      const hole = isHole(views[i]!);
+      let j = i;
+      let length = 0;
+      while (j < views.length && isHole(views[j]!) === hole) length += views[j++]!.length;
+      const flags = j === views.length ? NBD_REPLY_FLAG_DONE : 0;
+      const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + (hole ? 12 : 8));
+      encodeStructuredReplyHeader(header, 0, flags, hole ? NBD_REPLY_TYPE_OFFSET_HOLE : NBD_REPLY_TYPE_OFFSET_DATA, req.handleHi, req.handleLo, hole ? 12 : 8 + length);
+      writeU64(header, NBD_STRUCTURED_REPLY_HEADER_SIZE, off);
+      if (hole) header.writeUInt32BE(length, NBD_STRUCTURED_REPLY_HEADER_SIZE + 8);
+      socket.write(header);
+      if (!hole) for (let k = i; k < j; k++) socket.write(views[k]!);
+      off += length;
+      i = j;
+    }
+    return true;
   }
 
   /** The header of a successful READ reply with all its data, at the start of `target`. */

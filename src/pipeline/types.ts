@@ -93,8 +93,8 @@ export interface Backend extends ReadWriterAt, BackendCapabilities {
    * them and sends a READ reply from them). Synchronous; checks and throws as readAt/writeAt do.
    * - `write` true: filling the views *is* the write (storage is allocated, zeroed, as needed).
    *   The bytes are visible as they land, so a write cut short leaves part of it, as on a disk.
-   * - `write` false: views to send as they are; a hole is a view of a shared zero buffer that no
-   *   one may write into. A later write to the range shows through a view not sent yet.
+   * - `write` false: views to send as they are; a hole is a `zeroView()` (pipeline/zero-views.ts)
+   *   that no one may write into, and the NBD server answers it as a hole. A later write to the range shows through a view not sent yet.
    * A view stays the store's memory until the range is trimmed or zeroed.
    */
   views?(off: number, length: number, write: boolean): readonly Buffer[];

@@ -105,6 +105,30 @@ h.shutdown()
       empty: true,
     });
   });
+  test('nbdsh: a READ over holes comes as OFFSET_HOLE and OFFSET_DATA chunks, as one data chunk with DF', async (t) => {
+    if (!requireTool(t, 'nbdsh')) return;
+    const out = await nbdsh(serve.dir(), uri(), 'read-holes', `
+h = nbd.NBD()
+h.connect_uri(uri)
+base = 600 * 1048576
+h.pwrite(b'\\x07' * 1048576, base + 2 * 1048576)
+def run(flags):
+    chunks = []
+    def chunk(subbuf, offset, status, error):
+        chunks.append([offset - base, len(subbuf), 'data' if status == nbd.READ_DATA else 'hole', bytes(subbuf).count(0) == len(subbuf)])
+        return 0
+    got = h.pread_structured(4 * 1048576, base + 1048576, chunk, flags)
+    return [got == b'\\0' * 1048576 + b'\\x07' * 1048576 + b'\\0' * 2 * 1048576, sorted(chunks)]
+out['sparse'] = run(0)
+out['df'] = run(nbd.CMD_FLAG_DF)
+h.shutdown()
+`);
+    const M = MiB;
+    assert.deepEqual(out, {
+      sparse: [true, [[M, M, 'hole', true], [2 * M, M, 'data', false], [3 * M, 2 * M, 'hole', true]]],
+      df: [true, [[M, 4 * M, 'data', false]]],
+    });
+  });
 });
 
 describe('block status of a sparse file export', { timeout: 60_000 }, () => {
