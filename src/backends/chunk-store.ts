@@ -17,13 +17,15 @@
  * - Store errors reject as BackendError ({ backend: store.name, op, off, length }, cause).
  * - Writes, trim and zero reject with ReadOnlyError when readOnly; every call after close()
  *   rejects with ClosedError; close() waits for calls in flight, then closes the store; idempotent.
+ * - `extents` (where the store has `present`): a chunk the store does not hold is a hole of zeros,
+ *   at most MAX_EXTENT_CHUNKS chunks per call (the caller asks again for the rest).
  * Assumes of the store: whole chunks only, concurrent calls are fine, and it keeps no view of
  * the buffers it is given.
  */
 import { BackendError, MisalignedError, OutOfRangeError, R3mapError, ReadOnlyError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { resolveGeometry, wholeChunkError } from '../pipeline/chunked.js';
-import type { Backend } from '../pipeline/types.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { CallGate } from '../util/call-gate.js';
 import { checkChunkSize, chunkLength } from '../util/chunks.js';
 
@@ -36,6 +38,11 @@ export interface ChunkStore {
   writeChunk(index: number, off: number, src: Buffer): Promise<void>;
   /** Removes a chunk (for trim); afterwards it is missing. */
   deleteChunk?(index: number, off: number): Promise<void>;
+  /**
+   * Which of chunks first .. first + count - 1 the store holds (for NBD block status: a missing
+   * chunk is a hole). One answer per chunk, in order; stores that cannot tell cheaply leave it out.
+   */
+  present?(first: number, count: number, chunkSize: number): Promise<readonly boolean[]>;
   sync?(): Promise<void>;
   close(): Promise<void>;
 }
@@ -131,7 +138,40 @@ export class ChunkStoreBackend implements Backend {
     this.#gate = new CallGate(`${store.name} backend`);
     this.#log = (options.log ?? silentLogger).child({ component: 'chunk-store', backend: store.name });
     this.#zeros = Buffer.alloc(chunkSize);
+    if (store.present !== undefined) this.extents = (off, length) => this.#extents(off, length);
   }
+
+  /** Block status: held chunks are data, missing ones holes of zeros; any range, chunk-granular. */
+  async #extents(off: number, length: number): Promise<readonly BackendExtent[]> {
+    this.#enter(false);
+    try {
+      if (!Number.isSafeInteger(off) || !Number.isSafeInteger(length) || off < 0 || length < 0 || off + length > this.size) {
+        throw new OutOfRangeError(off, length, this.size);
+      }
+      const end = off + length;
+      const first = Math.floor(off / this.chunkSize);
+      const count = Math.min(Math.ceil(end / this.chunkSize) - first, ChunkStoreBackend.MAX_EXTENT_CHUNKS);
+      if (count <= 0) return [];
+      const held = await this.#call('extents', off, length, () => this.#store.present!(first, count, this.chunkSize));
+      const out: { length: number; flags: number }[] = [];
+      for (let i = 0; i < count; i++) {
+        const start = Math.max(off, (first + i) * this.chunkSize);
+        const stop = Math.min(end, (first + i + 1) * this.chunkSize);
+        const flags = held[i] === true ? 0 : EXTENT_HOLE | EXTENT_ZERO;
+        const last = out[out.length - 1];
+        if (last !== undefined && last.flags === flags) last.length += stop - start;
+        else out.push({ length: stop - start, flags });
+      }
+      return out;
+    } finally {
+      this.#gate.leave();
+    }
+  }
+
+  /** Chunks one extents() call asks the store about. */
+  static readonly MAX_EXTENT_CHUNKS = 4096;
+
+  extents?: (off: number, length: number) => Promise<readonly BackendExtent[]>;
 
   /** The store underneath (for tests and diagnostics). */
   get store(): ChunkStore {

@@ -10,11 +10,12 @@
  * `maxOpenFiles`, 0 = no cap) that only closes idle handles. `sync()` fsyncs every chunk file
  * written since the last sync, then the directory once if files were created or removed.
  * `trim`/`zero` remove whole chunk files (or truncate them to empty while another call holds
- * the file) and write zeros over partial ones; a missing chunk is left missing.
+ * the file) and write zeros over partial ones; a missing chunk is left missing. `extents` (NBD
+ * block status) lists the directory once per call: a chunk without a file is a hole of zeros.
  */
-import { constants, type FileHandle, mkdir, open, unlink } from 'node:fs/promises';
+import { constants, type FileHandle, mkdir, open, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Backend } from '../pipeline/types.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { CallGate } from '../util/call-gate.js';
 import { DEFAULT_CHUNK_SIZE, checkChunkSize } from '../util/chunks.js';
@@ -107,6 +108,47 @@ export class DirectoryBackend implements Backend {
 
   zero(off: number, length: number): Promise<void> {
     return this.#run(Op.zero, undefined, off, length);
+  }
+
+  /** Block status: chunks with a file are data, the others holes of zeros (one readdir per call). */
+  async extents(off: number, length: number): Promise<readonly BackendExtent[]> {
+    this.#check(Op.read, off, length);
+    this.#gate.enter();
+    try {
+      let names: string[];
+      try {
+        names = await readdir(this.dir);
+      } catch (err) {
+        throw this.#wrap(err, 'extents', off, length);
+      }
+      const end = off + length;
+      const from = Math.floor(off / this.chunkSize) * this.chunkSize;
+      const held: number[] = [];
+      for (const name of names) {
+        if (!/^\d+$/.test(name)) continue;
+        const start = Number(name);
+        if (start >= from && start < end) held.push(start);
+      }
+      held.sort((a, b) => a - b);
+      // Walk the chunks that have files (not every chunk: a huge sparse range costs nothing).
+      const out: { length: number; flags: number }[] = [];
+      const push = (n: number, flags: number): void => {
+        const last = out[out.length - 1];
+        if (last !== undefined && last.flags === flags) last.length += n;
+        else out.push({ length: n, flags });
+      };
+      let pos = off;
+      for (const start of held) {
+        if (start > pos) push(start - pos, EXTENT_HOLE | EXTENT_ZERO);
+        const stop = Math.min(end, start + this.chunkSize);
+        if (stop > pos) push(stop - Math.max(pos, start), 0);
+        pos = Math.max(pos, stop);
+      }
+      if (pos < end) push(end - pos, EXTENT_HOLE | EXTENT_ZERO);
+      return out;
+    } finally {
+      this.#gate.leave();
+    }
   }
 
   async sync(): Promise<void> {

@@ -84,6 +84,7 @@ class RedisChunkStore implements ChunkStore {
   readonly #get: RetryOptions;
   readonly #set: RetryOptions;
   readonly #del: RetryOptions;
+  readonly #exists: RetryOptions;
   readonly #retries: number;
   /** The last connection-level error ioredis reported (for messages while disconnected). */
   #lastConnError: Error | undefined;
@@ -99,6 +100,7 @@ class RedisChunkStore implements ChunkStore {
     this.#get = Object.freeze({ ...base, what: 'redis GET' });
     this.#set = Object.freeze({ ...base, what: 'redis SET' });
     this.#del = Object.freeze({ ...base, what: 'redis DEL' });
+    this.#exists = Object.freeze({ ...base, what: 'redis EXISTS' });
   }
 
   async readChunk(_index: number, off: number, dst: Buffer): Promise<boolean> {
@@ -126,6 +128,17 @@ class RedisChunkStore implements ChunkStore {
       await withRetry(() => this.#client.set(key, src), this.#set);
     } catch (err) {
       throw this.#error(err, 'write', off, src.length);
+    }
+  }
+
+  /** EXISTS per key, all sent at once (ioredis pipelines them on the connection). */
+  async present(first: number, count: number, chunkSize: number): Promise<readonly boolean[]> {
+    const keys = Array.from({ length: count }, (_, i) => this.#prefix + (first + i) * chunkSize);
+    try {
+      const found = await withRetry(() => Promise.all(keys.map((key) => this.#client.exists(key))), this.#exists);
+      return found.map((n) => n > 0);
+    } catch (err) {
+      throw this.#error(err, 'extents', first * chunkSize, count * chunkSize);
     }
   }
 

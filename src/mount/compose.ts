@@ -21,7 +21,7 @@ import { ChunkStoreBackend } from '../backends/chunk-store.js';
 import { openBackend, type OpenBackendOptions } from '../backends/open.js';
 import { OutOfRangeError, ReadOnlyError } from '../errors.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
-import type { Backend, ReadWriterAt } from '../pipeline/types.js';
+import type { Backend, BackendExtent, ReadWriterAt } from '../pipeline/types.js';
 import { CallGate } from '../util/call-gate.js';
 import { settleAll } from '../util/settle-all.js';
 
@@ -53,6 +53,7 @@ export class ComposedBackend implements Backend {
   readonly innerBlockSize: number;
   trim?: (off: number, length: number) => Promise<void>;
   zero?: (off: number, length: number) => Promise<void>;
+  extents?: (off: number, length: number) => Promise<readonly BackendExtent[]>;
   readonly #inner: Backend;
   readonly #arbitrary: ArbitraryReadWriterAt;
   readonly #gate: CallGate;
@@ -80,6 +81,17 @@ export class ComposedBackend implements Backend {
     this.#arbitrary = new ArbitraryReadWriterAt(next, { chunkSize: blockSize, size: inner.size });
     if (inner.trim !== undefined) this.trim = (off, length) => this.#discard(off, length, 'trim');
     if (inner.zero !== undefined) this.zero = (off, length) => this.#discard(off, length, 'zero');
+    if (inner.extents !== undefined) this.extents = (off, length) => this.#extents(off, length);
+  }
+
+  /** Block status passes through (the backend reports any range at its own granularity). */
+  async #extents(off: number, length: number): Promise<readonly BackendExtent[]> {
+    this.#enter(false);
+    try {
+      return await this.#inner.extents!(off, length);
+    } finally {
+      this.#gate.leave();
+    }
   }
 
   /** The backend underneath (for tests and diagnostics). */

@@ -39,6 +39,12 @@ class MapStore implements ChunkStore {
     return true;
   }
 
+  async present(first: number, count: number, chunkSize: number): Promise<readonly boolean[]> {
+    await this.#enter(`present ${first}+${count}`);
+    this.#leave();
+    return Array.from({ length: count }, (_, i) => this.chunks.has((first + i) * chunkSize));
+  }
+
   async writeChunk(index: number, off: number, src: Buffer): Promise<void> {
     await this.#enter(`write ${index}@${off}+${src.length}`);
     this.chunks.set(off, Buffer.from(src));
@@ -81,6 +87,27 @@ for (const { chunkSize, tail, maxInFlight } of [
     return { rw: backend, size: backend.size, chunkSize, close: () => backend.close() };
   });
 }
+
+describe('ChunkStoreBackend extents', () => {
+  it('reports held chunks as data and missing ones as holes, for any range, also through composeBackend', async () => {
+    const store = new MapStore();
+    const backend = new ChunkStoreBackend(store, { size: 10 * KiB + 100, chunkSize: KiB });
+    const H = 3;
+    await backend.writeAt(Buffer.alloc(KiB, 1), 2 * KiB);
+    await backend.writeAt(Buffer.alloc(KiB, 1), 3 * KiB);
+    await backend.writeAt(Buffer.alloc(100, 1), 10 * KiB);
+    assert.deepEqual(await backend.extents!(0, backend.size), [
+      { length: 2 * KiB, flags: H }, { length: 2 * KiB, flags: 0 }, { length: 6 * KiB, flags: H }, { length: 100, flags: 0 },
+    ]);
+    const composed = composeBackend(backend);
+    assert.deepEqual(await composed.extents!(2 * KiB + 10, KiB), [{ length: KiB, flags: 0 }]);
+    assert.deepEqual(await composed.extents!(KiB + 1000, 100), [{ length: 24, flags: H }, { length: 76, flags: 0 }]);
+    await assert.rejects(backend.extents!(10 * KiB, 101), OutOfRangeError);
+    assert.ok(store.calls.filter((c) => c.startsWith('present')).length >= 3);
+    const blind = new ChunkStoreBackend({ ...store, name: 'blind', readChunk: store.readChunk.bind(store), writeChunk: store.writeChunk.bind(store), close: async () => undefined, present: undefined }, { size: KiB, chunkSize: KiB });
+    assert.equal(blind.extents, undefined, 'a store that cannot tell gives no extents (all data)');
+  });
+});
 
 describe('ChunkStoreBackend, composed (any range)', () => {
   const make = (options: { maxInFlight?: number; readOnly?: boolean } = {}): { store: MapStore; backend: Backend } => {

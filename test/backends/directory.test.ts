@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { OutOfRangeError } from '../../src/errors.js';
 import { DirectoryBackend } from '../../src/backends/directory.js';
 import { readWriterAtSuite, pattern } from '../support/rwat-suite.js';
 
@@ -33,6 +34,24 @@ for (const { chunkSize, tail, maxOpenFiles } of suiteTargets) {
 }
 
 describe('DirectoryBackend', () => {
+  it('extents: chunks with a file are data, the rest holes of zeros, for any range', async () => {
+    const backend = await DirectoryBackend.open(nextDir(), { size: 1024 * KiB + 100, chunkSize: 64 * KiB });
+    const H = 3; // EXTENT_HOLE | EXTENT_ZERO
+    assert.deepEqual(await backend.extents(0, backend.size), [{ length: backend.size, flags: H }]);
+    await backend.writeAt(Buffer.alloc(10, 1), 2 * 64 * KiB + 5);
+    await backend.writeAt(Buffer.alloc(64 * KiB, 2), 3 * 64 * KiB);
+    await backend.writeAt(Buffer.alloc(1, 3), 1024 * KiB + 50); // the short last chunk
+    assert.deepEqual(await backend.extents(0, backend.size), [
+      { length: 128 * KiB, flags: H }, { length: 128 * KiB, flags: 0 }, { length: 768 * KiB, flags: H }, { length: 100, flags: 0 },
+    ]);
+    assert.deepEqual(await backend.extents(130 * KiB, 100 * KiB), [{ length: 100 * KiB, flags: 0 }]);
+    assert.deepEqual(await backend.extents(100 * KiB, 30 * KiB), [{ length: 28 * KiB, flags: H }, { length: 2 * KiB, flags: 0 }]);
+    await backend.trim(2 * 64 * KiB, 64 * KiB);
+    assert.deepEqual((await backend.extents(0, 256 * KiB)).map((e) => [e.length, e.flags]), [[192 * KiB, H], [64 * KiB, 0]]);
+    await assert.rejects(backend.extents(1024 * KiB, 200), OutOfRangeError);
+    await backend.close();
+  });
+
   it('reads a missing chunk as zeros into a dirty buffer and creates no file on read', async () => {
     const dir = nextDir();
     const backend = await DirectoryBackend.open(dir, { size: 1000 * KiB });

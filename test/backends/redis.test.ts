@@ -57,6 +57,16 @@ describe('RedisBackend against redis-server', { skip }, () => {
     await backend.close();
   });
 
+  it('reports keys that exist as data and missing ones as holes (block status), after a trim too', async () => {
+    const backend = composeBackend(await open());
+    await backend.writeAt(Buffer.alloc(5 * KiB, 1), 4 * KiB);
+    const H = 3;
+    assert.deepEqual(await backend.extents!(0, 16 * KiB), [{ length: 4 * KiB, flags: H }, { length: 8 * KiB, flags: 0 }, { length: 4 * KiB, flags: H }]);
+    await backend.trim!(4 * KiB, 4 * KiB);
+    assert.deepEqual(await backend.extents!(0, 16 * KiB), [{ length: 8 * KiB, flags: H }, { length: 4 * KiB, flags: 0 }, { length: 4 * KiB, flags: H }]);
+    await backend.close();
+  });
+
   it('uses bare offsets as keys when the prefix is empty, as r3map does', async () => {
     const db3 = `${server.url}/3`;
     const backend = composeBackend(await RedisBackend.open({ url: db3, prefix: '', size: SIZE, chunkSize: 4 * KiB }));

@@ -155,3 +155,23 @@ h.shutdown()
   });
 });
 
+
+describe('block status of a directory export', { timeout: 60_000 }, () => {
+  const serve = serveFixture((dir) => ['--backend', `dir://${path.join(dir, 'chunks')}?chunk-size=1MiB&size=256MiB`], { listen: ['unix'] });
+
+  test('nbdinfo --map shows chunks without a file as holes, and nbdcopy out keeps them sparse', async (t) => {
+    if (!requireTool(t, 'nbdinfo') || !requireTool(t, 'qemu-io') || !requireTool(t, 'nbdcopy')) return;
+    const uri = serve.targets()[0]!.uri;
+    const write = await runTool('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x22 32M 3M', '-c', 'flush'], { timeoutMs: 30_000 });
+    assert.equal(write.code, 0, write.stderr);
+    const map = await runTool('nbdinfo', ['--map', '--json', uri], { timeoutMs: 30_000 });
+    assert.equal(map.code, 0, map.stderr);
+    const extents = (JSON.parse(map.stdout) as { offset: number; length: number; type: number }[]).map((e) => [e.offset, e.length, e.type]);
+    assert.deepEqual(extents, [[0, 32 * MiB, 3], [32 * MiB, 3 * MiB, 0], [35 * MiB, 221 * MiB, 3]]);
+    const out = path.join(serve.dir(), 'dir-out.img');
+    const copy = await runTool('nbdcopy', [uri, out], { timeoutMs: 60_000 });
+    assert.equal(copy.code, 0, copy.stderr);
+    const st = await stat(out);
+    assert.ok(st.blocks * 512 <= 8 * MiB, `the copy is sparse: ${st.blocks * 512} bytes allocated`);
+  });
+});
