@@ -26,6 +26,9 @@
  * - Errors other than range/read-only/closed reject as BackendError { backend: 'nbd', op, off,
  *   length } with the NBD error as `cause`. open() fails within `connectTimeoutMs` with a
  *   BackendError naming the address when the server is unreachable or refuses the export.
+ * - Structured replies and base:allocation where the server has them: `extents` passes its block
+ *   status through (so a managed mount or r3map-serve over this backend keeps a sparse export
+ *   sparse), and a READ of a hole costs the server no payload.
  * - close() waits for requests in flight, then disconnects (NBD_CMD_DISC); idempotent.
  */
 import { BackendError, ClosedError, NbdRequestError, OutOfRangeError, R3mapError, ReadOnlyError, TimeoutError } from '../errors.js';
@@ -34,7 +37,7 @@ import { NbdClient, describeAddress, type NbdAddress, type NbdClientTlsOptions }
 import { NBD_ESHUTDOWN, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_WRITE_ZEROES } from '../nbd/constants.js';
 import { readTlsFiles, type TlsFiles } from '../nbd/tls.js';
 import { ArbitraryReadWriterAt } from '../pipeline/arbitrary.js';
-import type { Backend, ReadWriterAt } from '../pipeline/types.js';
+import type { Backend, BackendExtent, ReadWriterAt } from '../pipeline/types.js';
 import { isTransientNetworkError, withRetry, type RetryOptions } from '../util/retry.js';
 import { settleAll } from '../util/settle-all.js';
 
@@ -62,6 +65,8 @@ const OP_ZERO = 2;
 const OP_NAMES = ['read', 'write', 'zero'] as const;
 const ZERO_PIECE = 1024 * 1024 * 1024;
 const ZERO_FILL = 1024 * 1024;
+/** Longest range one BLOCK_STATUS asks about (its length is 32 bits; the caller asks again). */
+const MAX_STATUS_LENGTH = 2 ** 32 - 2 ** 20;
 
 interface Resolved {
   readonly address: NbdAddress;
@@ -89,6 +94,8 @@ export class NbdRemoteBackend implements Backend {
   /** Where it points, e.g. 'nbds://127.0.0.1:10809/disk' (no secrets: TLS is by file path). */
   readonly target: string;
 
+  /** Where the server has base:allocation: its block status, passed through. */
+  extents?: (off: number, length: number) => Promise<readonly BackendExtent[]>;
   readonly #options: Resolved;
   readonly #tls: NbdClientTlsOptions | undefined;
   readonly #log: Logger;
@@ -146,7 +153,8 @@ export class NbdRemoteBackend implements Backend {
     this.#retry = Object.freeze({ retries: options.retries, isTransient: this.#isTransient, log, what: `NBD ${this.target}` });
     const min = first.blockSize.min;
     this.#aligned = min > 1 ? new ArbitraryReadWriterAt({ readAt: (b, o) => this.#io(OP_READ, b, o, b.length), writeAt: (b, o) => this.#io(OP_WRITE, b, o, b.length) }, { chunkSize: min, size: this.size }) : undefined;
-    log.debug({ size: this.size, readOnly: this.readOnly, connections: clients.length, blockSize: first.blockSize, encrypted: first.encrypted }, 'NBD backend open');
+    if (first.canBlockStatus) this.extents = (off, length) => this.#extents(off, length);
+    log.debug({ size: this.size, readOnly: this.readOnly, connections: clients.length, blockSize: first.blockSize, encrypted: first.encrypted, blockStatus: first.canBlockStatus }, 'NBD backend open');
   }
 
   readAt(buf: Buffer, off: number): Promise<void> {
@@ -238,14 +246,37 @@ export class NbdRemoteBackend implements Backend {
     }
   }
 
-  async #once(op: number, buf: Buffer | undefined, off: number, length: number): Promise<void> {
+  #once(op: number, buf: Buffer | undefined, off: number, length: number): Promise<void> {
+    return this.#withClient((client) => {
+      if (op === OP_READ) return client.readAt(buf!, off);
+      if (op === OP_WRITE) return client.writeAt(buf!, off);
+      return client.zero(off, length);
+    });
+  }
+
+  /** Block status passes through (NBD_CMD_BLOCK_STATUS, base:allocation); retried like a read. */
+  async #extents(off: number, length: number): Promise<readonly BackendExtent[]> {
+    const refused = this.#refuse(off, length, false);
+    if (refused !== undefined) throw refused;
+    if (length === 0) return [];
+    const n = Math.min(length, MAX_STATUS_LENGTH);
+    const call = (): Promise<readonly BackendExtent[]> => this.#withClient(async (client) => {
+      if (!client.canBlockStatus) return [{ length: n, flags: 0 }]; // a reconnected server without it: all data
+      return client.blockStatus(off, n);
+    });
+    try {
+      return await withRetry(call, this.#retry);
+    } catch (err) {
+      throw this.#wrap(err, 'extents', off, n);
+    }
+  }
+
+  /** Runs one call on the least busy connection, within maxInFlight. */
+  async #withClient<T>(call: (client: NbdClient) => Promise<T>): Promise<T> {
     if (this.#active >= this.maxInFlight) await new Promise<void>((resolve) => this.#queue.push(resolve));
     else this.#active++;
     try {
-      const client = this.#pick() ?? (await this.#reconnect());
-      if (op === OP_READ) await client.readAt(buf!, off);
-      else if (op === OP_WRITE) await client.writeAt(buf!, off);
-      else await client.zero(off, length);
+      return await call(this.#pick() ?? (await this.#reconnect()));
     } finally {
       const next = this.#queue.shift();
       if (next !== undefined) next(); // the slot passes straight to the next request

@@ -43,13 +43,17 @@ import {
   NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
   NbdOpt,
   NbdRep,
   isNbdRepError,
   nameOf,
 } from '../nbd/constants.js';
 
+const BASE_ALLOCATION = 'base:allocation';
 /** Largest option reply we accept: a name and a description of NBD_MAX_STRING each, plus framing. */
 const MAX_OPTION_REPLY = 2 * NBD_MAX_STRING + 64;
 /** Most replies we read for one option (NBD_OPT_LIST answers one per export). */
@@ -77,6 +81,10 @@ export interface NbdExportInfo {
   readonly description: string | undefined;
   /** How transmission was entered: 'go' (NBD_OPT_GO) or 'export-name' (the old way). */
   readonly via: 'go' | 'export-name';
+  /** NBD_OPT_STRUCTURED_REPLY was agreed: READ and BLOCK_STATUS replies come as chunks. */
+  readonly structured: boolean;
+  /** The id the server gave base:allocation (NBD_OPT_SET_META_CONTEXT); undefined without it. */
+  readonly allocationContext: number | undefined;
 }
 
 export interface NbdExportListing {
@@ -91,6 +99,8 @@ export interface NegotiateOptions {
   readonly timeoutMs?: number;
   /** Upgrade with NBD_OPT_STARTTLS before anything else; a server that refuses is an error. */
   readonly tls?: NbdClientTlsOptions;
+  /** Ask for structured replies and base:allocation (default true); false keeps simple replies. */
+  readonly structuredReplies?: boolean;
   /** The host dialled, checked against the server certificate (default 'localhost'). */
   readonly host?: string;
 }
@@ -119,9 +129,13 @@ export async function negotiate(socket: Socket, options: NegotiateOptions = {}):
       reader = new HandshakeReader(current, timeoutMs > 0 ? Math.max(1, deadline - Date.now()) : 0);
       reader.fixedNewstyle = true;
     }
+    let extras: Extras = { structured: false, allocationContext: undefined };
+    if (reader.fixedNewstyle && options.structuredReplies !== false && (await optStructuredReply(current, reader))) {
+      extras = { structured: true, allocationContext: await optSetAllocationContext(current, reader, exportName) };
+    }
     const info = reader.fixedNewstyle
-      ? (await optGo(current, reader, exportName)) ?? (await optExportName(current, reader, exportName, noZeroes))
-      : await optExportName(current, reader, exportName, noZeroes);
+      ? (await optGo(current, reader, exportName, extras)) ?? (await optExportName(current, reader, exportName, noZeroes, extras))
+      : await optExportName(current, reader, exportName, noZeroes, extras);
     return { socket: current, info, leftover: reader.detach() };
   } catch (err) {
     reader.detach();
@@ -182,8 +196,42 @@ async function greet(socket: Socket, reader: HandshakeReader): Promise<boolean> 
   return noZeroes;
 }
 
+type Extras = Pick<NbdExportInfo, 'structured' | 'allocationContext'>;
+
+/** NBD_OPT_STRUCTURED_REPLY: true on NBD_REP_ACK; any error reply means simple replies. */
+async function optStructuredReply(socket: Socket, reader: HandshakeReader): Promise<boolean> {
+  socket.write(encodeOption(NBD_OPT_STRUCTURED_REPLY));
+  const hdr: NbdOptionReplyHeader = { option: 0, type: 0, length: 0 };
+  await readReply(reader, NBD_OPT_STRUCTURED_REPLY, hdr);
+  if (hdr.type === NBD_REP_ACK) return true;
+  if (isNbdRepError(hdr.type)) return false;
+  throw new NbdProtocolError(`NBD_OPT_STRUCTURED_REPLY answered with ${nameOf(NbdRep, hdr.type)}, want NBD_REP_ACK`);
+}
+
+/** NBD_OPT_SET_META_CONTEXT for base:allocation: the id the server gave it, or undefined. */
+async function optSetAllocationContext(socket: Socket, reader: HandshakeReader, exportName: string): Promise<number | undefined> {
+  const name = Buffer.from(exportName, 'utf8');
+  const query = Buffer.from(BASE_ALLOCATION, 'utf8');
+  const data = Buffer.allocUnsafe(4 + name.length + 4 + 4 + query.length);
+  data.writeUInt32BE(name.length, 0);
+  name.copy(data, 4);
+  data.writeUInt32BE(1, 4 + name.length);
+  data.writeUInt32BE(query.length, 8 + name.length);
+  query.copy(data, 12 + name.length);
+  socket.write(encodeOption(NBD_OPT_SET_META_CONTEXT, data));
+  const hdr: NbdOptionReplyHeader = { option: 0, type: 0, length: 0 };
+  let id: number | undefined;
+  for (let i = 0; i < MAX_REPLIES_PER_OPTION; i++) {
+    const reply = await readReply(reader, NBD_OPT_SET_META_CONTEXT, hdr);
+    if (hdr.type === NBD_REP_ACK) return id;
+    if (isNbdRepError(hdr.type)) return undefined; // the server has no meta contexts: no block status
+    if (hdr.type === NBD_REP_META_CONTEXT && reply.length >= 4 && reply.toString('utf8', 4) === BASE_ALLOCATION) id = reply.readUInt32BE(0);
+  }
+  throw new NbdProtocolError(`NBD_OPT_SET_META_CONTEXT: more than ${MAX_REPLIES_PER_OPTION} replies`);
+}
+
 /** NBD_OPT_GO; undefined when the server does not know the option (fall back to EXPORT_NAME). */
-async function optGo(socket: Socket, reader: HandshakeReader, exportName: string): Promise<NbdExportInfo | undefined> {
+async function optGo(socket: Socket, reader: HandshakeReader, exportName: string, extras: Extras): Promise<NbdExportInfo | undefined> {
   socket.write(encodeOption(NBD_OPT_GO, encodeInfoRequest(exportName, [NBD_INFO_BLOCK_SIZE])));
   const hdr: NbdOptionReplyHeader = { option: 0, type: 0, length: 0 };
   let size = -1;
@@ -195,7 +243,7 @@ async function optGo(socket: Socket, reader: HandshakeReader, exportName: string
     if (hdr.type === NBD_REP_ACK) {
       if (size < 0) throw new NbdProtocolError(`NBD_OPT_GO '${exportName}': NBD_REP_ACK without NBD_INFO_EXPORT`);
       return Object.freeze({
-        exportName, size, transmissionFlags, description, via: 'go',
+        exportName, size, transmissionFlags, description, via: 'go', ...extras,
         blockSize: blockSize ?? DEFAULT_BLOCK_SIZE,
         blockSizeAdvertised: blockSize !== undefined,
       });
@@ -221,7 +269,7 @@ async function optGo(socket: Socket, reader: HandshakeReader, exportName: string
   throw new NbdProtocolError(`NBD_OPT_GO: more than ${MAX_REPLIES_PER_OPTION} replies`);
 }
 
-async function optExportName(socket: Socket, reader: HandshakeReader, exportName: string, noZeroes: boolean): Promise<NbdExportInfo> {
+async function optExportName(socket: Socket, reader: HandshakeReader, exportName: string, noZeroes: boolean, extras: Extras): Promise<NbdExportInfo> {
   const name = Buffer.from(exportName, 'utf8');
   if (name.length > NBD_MAX_STRING) throw new NbdProtocolError(`export name of ${name.length} bytes exceeds ${NBD_MAX_STRING}`);
   socket.write(encodeOption(NBD_OPT_EXPORT_NAME, name));
@@ -241,6 +289,7 @@ async function optExportName(socket: Socket, reader: HandshakeReader, exportName
     blockSizeAdvertised: false,
     description: undefined,
     via: 'export-name',
+    ...extras,
   });
 }
 

@@ -61,6 +61,20 @@ readWriterAtSuite('NbdRemoteBackend against nbdkit memory', async () => {
 });
 
 describe('NbdRemoteBackend', () => {
+  test('passes the server block status through as extents, over structured replies', async () => {
+    const memory = new MemoryBackend({ size: 8 * MiB, pageSize: MiB });
+    await memory.writeAt(Buffer.alloc(10, 1), 3 * MiB + 5);
+    const { socket } = await serve(memory);
+    const backend = await NbdRemoteBackend.open({ address: { path: socket }, exportName: 'disk' });
+    assert.notEqual(backend.extents, undefined);
+    assert.deepEqual(await backend.extents!(MiB, 4 * MiB), [{ length: 2 * MiB, flags: 3 }, { length: MiB, flags: 0 }, { length: MiB, flags: 3 }]);
+    await assert.rejects(backend.extents!(7 * MiB, 2 * MiB), OutOfRangeError);
+    const zeros = Buffer.alloc(2 * MiB, 0xee);
+    await backend.readAt(zeros, 0); // holes come back as OFFSET_HOLE chunks
+    assert.ok(zeros.equals(Buffer.alloc(2 * MiB)));
+    await backend.close();
+  });
+
   test('takes size and read-only from the handshake and refuses writes to a read-only export', async () => {
     const { socket } = await serve(new MemoryBackend({ size: 3 * MiB + 5, readOnly: true }));
     const backend = await NbdRemoteBackend.open({ address: { path: socket }, exportName: 'disk' });

@@ -124,6 +124,29 @@ describe('NbdClient against nbdkit memory 64M', { timeout: 60_000 }, () => {
     await removeDir(dir);
   });
 
+  test('structured replies and base:allocation: holes read as zeros, block status sees them', async (t) => {
+    if (!requireTool(t, 'nbdkit')) return;
+    const c = client!;
+    assert.deepEqual([c.info.structured, c.canBlockStatus], [true, true]);
+    await c.writeAt(pattern(MiB, 5), 40 * MiB);
+    const back = Buffer.alloc(3 * MiB, 0xee);
+    await c.readAt(back, 39 * MiB);
+    assert.ok(back.equals(Buffer.concat([Buffer.alloc(MiB), pattern(MiB, 5), Buffer.alloc(MiB)])));
+    const extents = await c.blockStatus(38 * MiB, 4 * MiB);
+    assert.equal(extents.reduce((n, e) => n + e.length, 0) <= 4 * MiB, true);
+    const data = [];
+    for (let at = 38 * MiB, i = 0; i < extents.length; at += extents[i]!.length, i++) if ((extents[i]!.flags & 1) === 0) data.push([at, extents[i]!.length]);
+    assert.deepEqual(data, [[40 * MiB, MiB]], JSON.stringify(extents));
+    await assert.rejects(c.readAt(Buffer.alloc(512), SIZE - 256), (err: unknown) => err instanceof NbdRequestError && err.errno === NBD_EINVAL);
+    const simple = await NbdClient.connect(nbdkit!.address, { structuredReplies: false });
+    assert.deepEqual([simple.info.structured, simple.canBlockStatus], [false, false]);
+    await assert.rejects(simple.blockStatus(0, 4096), (err: unknown) => err instanceof NbdRequestError && err.errno === NBD_ENOTSUP);
+    const again = Buffer.alloc(MiB);
+    await simple.readAt(again, 40 * MiB);
+    assert.ok(again.equals(pattern(MiB, 5)));
+    await simple.close();
+  });
+
   test('the handshake reports size, flags and block sizes', (t) => {
     if (!requireTool(t, 'nbdkit')) return;
     assert.equal(client!.size, SIZE);
@@ -319,7 +342,7 @@ describe('NbdClient against scripted servers', { timeout: 20_000 }, () => {
     try {
       const socket = net.connect(server.address.port, server.address.host);
       await once(socket, 'connect');
-      const c = await NbdClient.connectSocket(socket, { exportName: 'disk' });
+      const c = await NbdClient.connectSocket(socket, { exportName: 'disk', structuredReplies: false });
       assert.equal(c.info.via, 'export-name');
       assert.equal(c.size, MiB);
       assert.equal(c.transmissionFlags, NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH);
@@ -330,6 +353,100 @@ describe('NbdClient against scripted servers', { timeout: 20_000 }, () => {
       await c.close();
       // NBD_OPT_GO carries name length, name, one info request (NBD_INFO_BLOCK_SIZE): 4 + 4 + 2 + 2.
       assert.deepEqual(seen, ['opt 7 len 12 name disk', 'opt 1 name disk']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test('structured chunks in any split: holes, data at offsets, block status of the chosen context, error chunks', async () => {
+    const KiB = 1024;
+    const data = pattern(32 * KiB, 3);
+    const server = await fakeServer(async (s) => {
+      s.write(greeting(3));
+      await readExactly(s, 4);
+      const optionReply = (option: number, type: number, body: Buffer): Buffer => {
+        const rep = Buffer.alloc(20);
+        rep.writeUInt32BE(0x0003e889, 0);
+        rep.writeUInt32BE(0x045565a9, 4);
+        rep.writeUInt32BE(option, 8);
+        rep.writeUInt32BE(type, 12);
+        rep.writeUInt32BE(body.length, 16);
+        return Buffer.concat([rep, body]);
+      };
+      for (;;) {
+        const hdr = await readExactly(s, 16);
+        const option = hdr.readUInt32BE(8);
+        const length = hdr.readUInt32BE(12);
+        if (length > 0) await readExactly(s, length);
+        if (option === 8) s.write(optionReply(8, 1, Buffer.alloc(0)));
+        if (option === 10) {
+          const ctx = Buffer.alloc(4);
+          ctx.writeUInt32BE(9, 0);
+          s.write(optionReply(10, 4, Buffer.concat([ctx, Buffer.from('base:allocation')])));
+          s.write(optionReply(10, 1, Buffer.alloc(0)));
+        }
+        if (option === 7) {
+          const info = Buffer.alloc(12);
+          info.writeUInt32BE(MiB, 6);
+          info.writeUInt16BE(NBD_FLAG_HAS_FLAGS, 10);
+          s.write(Buffer.concat([optionReply(7, 3, info), optionReply(7, 1, Buffer.alloc(0))]));
+          break;
+        }
+      }
+      const chunk = (req: Buffer, flags: number, type: number, body: Buffer): Buffer => {
+        const h = Buffer.alloc(20);
+        h.writeUInt32BE(0x668e33ef, 0);
+        h.writeUInt16BE(flags, 4);
+        h.writeUInt16BE(type, 6);
+        req.copy(h, 8, 8, 16);
+        h.writeUInt32BE(body.length, 16);
+        return Buffer.concat([h, body]);
+      };
+      const u64 = (n: number, extra: Buffer = Buffer.alloc(0)): Buffer => {
+        const b = Buffer.alloc(8);
+        b.writeUInt32BE(Math.floor(n / 2 ** 32), 0);
+        b.writeUInt32BE(n % 2 ** 32, 4);
+        return Buffer.concat([b, extra]);
+      };
+      // 1: READ 64 KiB at 64 KiB: hole [0, 16K), data [16K, 48K) in two chunks out of order, hole [48K, 64K) with DONE.
+      const read = await readExactly(s, 28);
+      const holeLen = (n: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32BE(n, 0); return b; };
+      const reply = Buffer.concat([
+        chunk(read, 0, 1, u64(64 * KiB + 32 * KiB, data.subarray(16 * KiB))),
+        chunk(read, 0, 2, u64(64 * KiB, holeLen(16 * KiB))),
+        chunk(read, 0, 1, u64(64 * KiB + 16 * KiB, data.subarray(0, 16 * KiB))),
+        chunk(read, 1, 2, u64(64 * KiB + 48 * KiB, holeLen(16 * KiB))),
+      ]);
+      for (let at = 0; at < reply.length; at += 7) s.write(reply.subarray(at, at + 7)); // every split
+      // 2: BLOCK_STATUS: one chunk for another context (ignored), then ours.
+      const bs = await readExactly(s, 28);
+      const ext = (ctx: number, pairs: number[]): Buffer => {
+        const b = Buffer.alloc(4 + 4 * pairs.length);
+        b.writeUInt32BE(ctx, 0);
+        pairs.forEach((v, i) => b.writeUInt32BE(v, 4 + 4 * i));
+        return b;
+      };
+      s.write(Buffer.concat([chunk(bs, 0, 5, ext(5, [4096, 0])), chunk(bs, 1, 5, ext(9, [8192, 3, 3 * MiB, 0]))]));
+      // 3: READ answered with an error chunk, then NONE with DONE.
+      const bad = await readExactly(s, 28);
+      const err = Buffer.alloc(6);
+      err.writeUInt32BE(5, 0); // EIO
+      s.write(Buffer.concat([chunk(bad, 0, 2 ** 15 + 1, err), chunk(bad, 1, 0, Buffer.alloc(0))]));
+      // 4: READ answered with data outside its range: the client must drop the connection.
+      const outside = await readExactly(s, 28);
+      s.write(chunk(outside, 1, 1, u64(0, Buffer.alloc(512))));
+    });
+    try {
+      const c = await NbdClient.connect(server.address);
+      assert.deepEqual([c.info.structured, c.info.allocationContext], [true, 9]);
+      const buf = Buffer.alloc(64 * KiB, 0xee);
+      await c.readAt(buf, 64 * KiB);
+      assert.ok(buf.equals(Buffer.concat([Buffer.alloc(16 * KiB), data, Buffer.alloc(16 * KiB)])));
+      assert.deepEqual(await c.blockStatus(0, 16 * KiB), [{ length: 8192, flags: 3 }, { length: 8192, flags: 0 }], 'trimmed to the request');
+      await assert.rejects(c.readAt(Buffer.alloc(4096), 0), (e: unknown) => e instanceof NbdRequestError && e.errno === 5);
+      await assert.rejects(c.readAt(Buffer.alloc(512), 4096), NbdProtocolError);
+      assert.ok((await c.closed()) instanceof NbdProtocolError);
+      await c.close();
     } finally {
       await server.close();
     }
@@ -358,7 +475,7 @@ describe('NbdClient against scripted servers', { timeout: 20_000 }, () => {
       s.write(Buffer.alloc(16, 0xff));
     });
     try {
-      const c = await NbdClient.connect(server.address);
+      const c = await NbdClient.connect(server.address, { structuredReplies: false });
       await assert.rejects(c.readAt(Buffer.alloc(512), 0), NbdProtocolError);
       assert.ok((await c.closed()) instanceof NbdProtocolError);
       await c.close();
