@@ -139,7 +139,8 @@ export async function openManagedStack(options: ResolvedManagedMountOptions, log
       options.onChunkIsLocal?.(off);
       if (events.listenerCount('progress') > 0) events.emit('progress', { localChunks: table.localCount, totalChunks: table.chunks, pulledBytes: remoteStage.pulledBytes });
     };
-    const synced = new SyncedReadWriterAt(remoteStage, local, { chunkSize, size, table, onChunkIsLocal, onError: report });
+    const remoteExtents = remote.extents?.bind(remote);
+    const synced = new SyncedReadWriterAt(remoteStage, local, { chunkSize, size, table, onChunkIsLocal, onError: report, ...(remoteExtents !== undefined ? { remoteExtents } : {}) });
     const arbitrary = new ArbitraryReadWriterAt(new WriteMarks(synced, { table, ...(state !== undefined ? { gate: state } : {}) }), { chunkSize, size });
     const puller = new Puller(synced, { chunkSize, size, table, workers: options.pullWorkers, maxQueueMs: options.pullMaxQueueMs, priority: await pullPriority(options), log });
     const pusher = options.pushWorkers > 0 ? new Pusher(table, local, remoteStage, { workers: options.pushWorkers, intervalMs: options.pushIntervalMs, log }) : undefined;

@@ -19,6 +19,9 @@
  *   tracked      the seeder's epoch in which    TrackingReadWriterAt TrackingReadWriterAt (its
  *                the chunk was last written,                       dirtySince(epoch) lists the
  *                0 = not since track()                             chunks written after an epoch)
+ *   remoteHole   RemoteHole unknown/hole/data:  SyncedReadWriterAt   Synced (a fetch of a hole
+ *                what the remote's block                           writes zeros instead)
+ *                status said of the chunk
  *
  * Counts (`localCount`, `dirtyCount`) are kept by the setters, so they never drift from the
  * columns; `changes` moves on every change worth persisting (CacheState saves when it moved).
@@ -40,6 +43,10 @@ export const RemoteSync = {
   SYNCING: 2,
 } as const;
 export type RemoteSync = (typeof RemoteSync)[keyof typeof RemoteSync];
+
+/** `remoteHole`: what the remote's block status said of a chunk not fetched yet. */
+export const RemoteHole = { UNKNOWN: 0, HOLE: 1, DATA: 2 } as const;
+export type RemoteHole = (typeof RemoteHole)[keyof typeof RemoteHole];
 
 /** `pull`: the Puller's work queue, one entry per chunk. */
 export const PullState = { QUEUED: 0, PULLING: 1, PULLING_STALE: 2, PULLED: 3 } as const;
@@ -63,6 +70,7 @@ export class ChunkTable {
   readonly writing: Uint8Array;
   readonly pull: Uint8Array;
   readonly tracked: Uint32Array;
+  readonly remoteHole: Uint8Array;
   #localCount = 0;
   #dirtyCount = 0;
   #changes = 0;
@@ -79,6 +87,7 @@ export class ChunkTable {
     this.writing = new Uint8Array(this.chunks);
     this.pull = new Uint8Array(this.chunks);
     this.tracked = new Uint32Array(this.chunks);
+    this.remoteHole = new Uint8Array(this.chunks);
   }
 
   /** Chunks whose state is LOCAL. */

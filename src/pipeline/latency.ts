@@ -9,7 +9,7 @@
  * the call is forwarded at once, with no timer. Assumes nothing of `next` beyond its contract.
  */
 import { UsageError } from '../errors.js';
-import type { Backend, ReadWriterAt } from './types.js';
+import type { Backend, BackendExtent, ReadWriterAt } from './types.js';
 
 export interface LatencyOptions {
   /** Delay before each read, in milliseconds; 0 (default) means none. */
@@ -59,6 +59,8 @@ export class LatencyBackend extends LatencyReadWriterAt implements Backend {
   /** Present when the wrapped backend has it; delayed like a write. */
   readonly trim: ((off: number, length: number) => Promise<void>) | undefined;
   readonly zero: ((off: number, length: number) => Promise<void>) | undefined;
+  /** Present when the wrapped backend has it; delayed like a read. */
+  readonly extents: ((off: number, length: number) => Promise<readonly BackendExtent[]>) | undefined;
   readonly #backend: Backend;
 
   constructor(backend: Backend, options: LatencyOptions = {}) {
@@ -71,6 +73,8 @@ export class LatencyBackend extends LatencyReadWriterAt implements Backend {
     const { trim, zero } = backend;
     this.trim = trim && ((off, length) => this.#delayWrite().then(() => trim.call(backend, off, length)));
     this.zero = zero && ((off, length) => this.#delayWrite().then(() => zero.call(backend, off, length)));
+    const { extents } = backend;
+    this.extents = extents && ((off, length) => (this.readLatencyMs === 0 ? Promise.resolve() : sleep(this.readLatencyMs)).then(() => extents.call(backend, off, length)));
   }
 
   sync(): Promise<void> {

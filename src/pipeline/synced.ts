@@ -15,6 +15,11 @@
  *   data path: the error goes to `onError`, or, without one, to process.emitWarning as an Error
  *   named 'R3mapHookWarning' with the hook's error as `cause` (never dropped silently).
  * - markAsRemote during a fetch wins: that fetch's data is not marked LOCAL.
+ * - With `remoteExtents` (the remote's block status), a pull first learns what the remote holds
+ *   for the HOLE_WINDOW chunks around it (one call, shared by concurrent pulls) into the table's
+ *   `remoteHole` column; a chunk the remote reports as a hole of zeros is then made LOCAL by
+ *   writing zeros, without a fetch (so a sparse remote costs no transfer for its holes). Reads use
+ *   what is known and never wait to learn it. markAsRemote forgets it (the remote changed there).
  * Assumes: whole chunks only (it sits under ArbitraryReadWriterAt; others reject with the errors of
  * ChunkedReadWriterAt); `remote` and `local` allow concurrent calls, fill whole buffers, keep no view.
  */
@@ -23,9 +28,9 @@ import { settleAll } from '../util/settle-all.js';
 import { BufferPool } from './buffer-pool.js';
 import { ChunkLocks } from './chunk-locks.js';
 import { ChunkState } from './chunk-state.js';
-import { ChunkTable } from './chunk-table.js';
+import { ChunkTable, RemoteHole } from './chunk-table.js';
 import { wholeChunkError } from './chunked.js';
-import type { ReadWriterAt, ReaderAt, ScatterWriter } from './types.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type BackendExtent, type ReadWriterAt, type ReaderAt, type ScatterWriter } from './types.js';
 
 export interface SyncedOptions {
   readonly chunkSize: number;
@@ -36,7 +41,12 @@ export interface SyncedOptions {
   readonly onChunkIsLocal?: (off: number) => unknown;
   /** Receives what onChunkIsLocal threw or rejected with; default: process.emitWarning. */
   readonly onError?: (err: unknown) => void;
+  /** The remote's block status (Backend.extents), to skip fetching its holes. */
+  readonly remoteExtents?: (off: number, length: number) => Promise<readonly BackendExtent[]>;
 }
+
+/** Chunks one remoteExtents call asks about. */
+const HOLE_WINDOW = 1024;
 
 export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter> {
   readonly chunkSize: number;
@@ -49,6 +59,9 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
   readonly #pool = new BufferPool({ maxPerSize: 16 });
   readonly #onChunkIsLocal: ((off: number) => unknown) | undefined;
   readonly #onError: ((err: unknown) => void) | undefined;
+  readonly #remoteExtents: ((off: number, length: number) => Promise<readonly BackendExtent[]>) | undefined;
+  /** Windows (by first chunk) whose block status is being learned. */
+  readonly #learning = new Map<number, Promise<void>>();
 
   constructor(remote: ReaderAt, local: ReadWriterAt & ScatterWriter, options: SyncedOptions) {
     this.table = options.table ?? new ChunkTable(options);
@@ -61,6 +74,7 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
     this.#locks = new ChunkLocks(this.table.chunks);
     this.#onChunkIsLocal = options.onChunkIsLocal;
     this.#onError = options.onError;
+    this.#remoteExtents = options.remoteExtents;
   }
 
   /** Chunks currently LOCAL. */
@@ -114,6 +128,7 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
   async pull(off: number): Promise<boolean> {
     const i = this.#index(off);
     if (this.#state[i] === ChunkState.LOCAL) return false;
+    if (this.#remoteExtents !== undefined && this.table.remoteHole[i] === RemoteHole.UNKNOWN) await this.#learn(i);
     const release = await this.#locks.acquire(i);
     const tmp = this.#state[i] === ChunkState.LOCAL ? undefined : this.#pool.take(chunkLength(off, this.size, this.chunkSize));
     try {
@@ -157,7 +172,53 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
   /** Validates every offset first, so a bad one changes nothing. */
   #mark(offsets: readonly number[], to: ChunkState): void {
     for (const off of offsets) this.#index(off);
-    for (const off of offsets) this.table.setState(off / this.chunkSize, to);
+    for (const off of offsets) {
+      this.table.setState(off / this.chunkSize, to);
+      if (to === ChunkState.REMOTE) this.table.remoteHole[off / this.chunkSize] = RemoteHole.UNKNOWN;
+    }
+  }
+
+  /** Learns the remote's block status for chunk i's window; a failure leaves it unknown (fetched). */
+  #learn(i: number): Promise<void> {
+    const first = i - (i % HOLE_WINDOW);
+    let learning = this.#learning.get(first);
+    if (learning === undefined) {
+      learning = this.#learnWindow(first).finally(() => this.#learning.delete(first));
+      this.#learning.set(first, learning);
+    }
+    return learning;
+  }
+
+  async #learnWindow(first: number): Promise<void> {
+    const { chunkSize, size } = this;
+    const start = first * chunkSize;
+    const end = Math.min(size, (first + HOLE_WINDOW) * chunkSize);
+    const holes = this.table.remoteHole;
+    for (let pos = start; pos < end; ) {
+      let extents: readonly BackendExtent[];
+      try {
+        extents = await this.#remoteExtents!(pos, end - pos);
+      } catch {
+        return; // not known: those chunks are fetched as usual
+      }
+      if (extents.length === 0) return;
+      for (const e of extents) {
+        if (e.length <= 0) return;
+        const zeros = (e.flags & EXTENT_HOLE) !== 0 && (e.flags & EXTENT_ZERO) !== 0;
+        const stop = Math.min(end, pos + e.length);
+        // A chunk is a hole only if the whole of it is; a chunk the extent covers in part is data.
+        for (let c = Math.floor(pos / chunkSize); c * chunkSize < stop; c++) {
+          const whole = c * chunkSize >= pos && Math.min(size, (c + 1) * chunkSize) <= stop;
+          if (zeros && whole) {
+            if (holes[c] === RemoteHole.UNKNOWN) holes[c] = RemoteHole.HOLE;
+          } else {
+            holes[c] = RemoteHole.DATA;
+          }
+        }
+        pos = stop;
+        if (pos >= end) break;
+      }
+    }
   }
 
   /** The slow path, for a chunk that is not LOCAL (yet): under its lock, make it LOCAL first. */
@@ -178,7 +239,8 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
     const table = this.table;
     table.setState(i, ChunkState.PULLING);
     try {
-      if (fetch) await this.#remote.readAt(buf, off);
+      if (fetch && this.table.remoteHole[i] === RemoteHole.HOLE) buf.fill(0);
+      else if (fetch) await this.#remote.readAt(buf, off);
       await this.#local.writeAt(buf, off);
     } catch (err) {
       if (this.#state[i] === ChunkState.PULLING) table.setState(i, ChunkState.REMOTE);

@@ -15,6 +15,7 @@ import type { ManagedMountOptions } from '../../src/mount/managed-options.js';
 import { ManagedFileMount } from '../../src/mount/managed-file.js';
 import { ManagedPathMount } from '../../src/mount/managed-path.js';
 import type { Backend } from '../../src/pipeline/types.js';
+import { MemoryBackend } from '../../src/backends/memory.js';
 import { MemoryStore } from '../support/memory-store.js';
 import { makeTempDir, removeDir } from '../support/tools.js';
 
@@ -218,6 +219,24 @@ describe('managed stack: reads and writes', () => {
     await mount.close();
     assert.deepEqual(remote.peek(2 * chunkSize, chunkSize), Buffer.alloc(chunkSize, 5));
     await assert.rejects(remote.sync(), /closed/);
+  });
+});
+
+describe('managed stack: a sparse remote with block status', () => {
+  it('the pull skips the chunks the remote reports as holes: only written chunks cross the wire', async () => {
+    const remote = new MemoryBackend({ size, pageSize: chunkSize });
+    const content = Buffer.alloc(size);
+    for (const c of [3, 4, 40]) {
+      const data = randomBytes(chunkSize);
+      data.copy(content, c * chunkSize);
+      await remote.writeAt(data, c * chunkSize);
+    }
+    remote.close = async () => undefined;
+    const { mount, device } = await open({ remote, pullWorkers: 4, cache: cacheFile() });
+    await until(() => mount.stats().pullDone, 'the end of the pull');
+    assert.equal(mount.stats().pulledBytes, 3 * chunkSize, 'holes were made local without a fetch');
+    assert.deepEqual(await read(device, 0, size), content);
+    await mount.close();
   });
 });
 

@@ -25,6 +25,48 @@ function setup(chunks = 2, extra = 0, options: Partial<SyncedOptions> = {}) {
 const text = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 describe('SyncedReadWriterAt', () => {
+  it('with remoteExtents, pulls of chunks the remote reports as holes write zeros without a fetch', async () => {
+    const calls: [number, number][] = [];
+    // chunks 0-1 data, 2-4 hole, chunk 5 half hole half data (so data), 6-7 hole
+    let extents = [{ length: 8, flags: 0 }, { length: 14, flags: 3 }, { length: 2, flags: 0 }, { length: 8, flags: 3 }];
+    const { remote, local, synced, localized } = setup(8, 0, {
+      remoteExtents: async (off, length) => {
+        calls.push([off, length]);
+        let at = 0;
+        const out = [];
+        for (const e of extents) {
+          const s0 = Math.max(at, off);
+          const s1 = Math.min(at + e.length, off + length);
+          if (s1 > s0) out.push({ length: s1 - s0, flags: e.flags });
+          at += e.length;
+        }
+        return out;
+      },
+    });
+    remote.fill(0, text('datadata'));
+    remote.fill(22, text('dd'));
+    local.fill(8, Buffer.alloc(24, 0x77)); // stale bytes the zeros must replace
+    await Promise.all(Array.from({ length: 8 }, (_, c) => synced.pull(c * 4)));
+    assert.deepEqual(calls, [[0, 32]], 'one block status call for the window, shared by the pulls');
+    assert.equal(remote.readCalls, 3, 'only chunks 0, 1 and 5 were fetched');
+    assert.deepEqual(local.peek(0, 32), Buffer.concat([text('datadata'), Buffer.alloc(14), text('dd'), Buffer.alloc(8)]));
+    assert.deepEqual(localized.sort((a, b) => a - b), [0, 4, 8, 12, 16, 20, 24, 28]);
+    synced.markAsRemote([8]);
+    remote.fill(8, text('new!'));
+    extents = [{ length: 12, flags: 0 }, { length: 10, flags: 3 }, { length: 2, flags: 0 }, { length: 8, flags: 3 }];
+    await synced.pull(8);
+    assert.equal(calls.length, 2, 'what was known of chunk 2 was forgotten and learned again');
+    assert.deepEqual(local.peek(8, 4), text('new!'), 'marked remote: fetched, not assumed a hole');
+  });
+
+  it('with remoteExtents that fail, pulls fetch as usual', async () => {
+    const { remote, synced } = setup(2, 0, { remoteExtents: async () => { throw new Error('no block status'); } });
+    remote.fill(0, text('abcdefgh'));
+    await synced.pull(0);
+    await synced.pull(4);
+    assert.equal(remote.readCalls, 2);
+  });
+
   for (const off of [0, 4]) {
     it(`writes the chunk at ${off} and reads it back without asking the remote`, async () => {
       const { remote, local, synced, localized } = setup();
