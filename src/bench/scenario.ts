@@ -58,6 +58,13 @@ export interface Comparison {
   readonly target: number | undefined;
 }
 
+/** The median of a non-empty list (the mean of the middle two for an even count). */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
 export function compare(test: string, unit: string, ours: number, peer: number, target?: number, lowerIsBetter = false): Comparison {
   const ratio = lowerIsBetter ? (ours > 0 ? peer / ours : 0) : peer > 0 ? ours / peer : 0;
   return Object.freeze({ test, unit, ours, peer, ratio, target });
