@@ -592,6 +592,8 @@ export class Transmission implements RequestSink {
     const socket = this.#socket;
     if (this.#socketClosed) this.#finish();
     else if (!socket.destroyed) {
+      // Read (and drop) what still comes, so the peer's FIN is seen and the socket can close.
+      if (this.#paused) socket.resume();
       socket.end();
       this.#closeTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
     }

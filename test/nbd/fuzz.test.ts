@@ -3,16 +3,23 @@
  * must never crash (no uncaught exception or unhandled rejection), must close every such
  * connection once the client hangs up, must log at most one warning per connection and no
  * errors, and must keep serving other clients throughout. CORPUS keeps inputs worth replaying.
+ * Transmission cases run against two exports: a BufferBackend (payloads as socket chunks) and a
+ * MemoryBackend (payloads read straight into its pages over a re-opened socket), with simple
+ * replies and, for 'structured' cases, after NBD_OPT_STRUCTURED_REPLY and base:allocation.
  */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest } from '../../src/nbd/codec.js';
+import { MemoryBackend } from '../../src/backends/memory.js';
 import {
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
   NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
@@ -24,21 +31,43 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK,
 } from '../../src/nbd/constants.js';
 import type { ListenAddress } from '../../src/nbd/listen-address.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { BufferBackend } from './support-backend.js';
-import { RawClient, openSession, readAt, startHandshake } from './support-client.js';
+import { RawClient, openSession, readAt, readOptionReplies, readOptionReply, startHandshake } from './support-client.js';
 
 const FLAGS = encodeClientFlags(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 const GO = encodeOption(NBD_OPT_GO, encodeInfoRequest('disk'));
 const req = (type: number, offset: number, length: number, handle = 1): Buffer => encodeRequest({ flags: 0, type, handleHi: 0, handleLo: handle, offset, length });
 const hex = (text: string): Buffer => Buffer.from(text.replace(/\s+/g, ''), 'hex');
+const flagged = (flags: number, type: number, offset: number, length: number, handle = 1): Buffer => encodeRequest({ flags, type, handleHi: 0, handleLo: handle, offset, length });
+/** NBD_OPT_{LIST,SET}_META_CONTEXT data for `name` and its queries. */
+function metaQuery(name: string, queries: readonly string[]): Buffer {
+  const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)];
+  parts[0]!.writeUInt32BE(parts[1]!.length, 0);
+  parts[2]!.writeUInt32BE(queries.length, 0);
+  for (const q of queries) {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(Buffer.byteLength(q), 0);
+    parts.push(len, Buffer.from(q));
+  }
+  return Buffer.concat(parts);
+}
+const STRUCTURED = encodeOption(NBD_OPT_STRUCTURED_REPLY);
+const SET_ALLOCATION = encodeOption(NBD_OPT_SET_META_CONTEXT, metaQuery('disk', ['base:allocation']));
 
 interface Case {
   readonly name: string;
-  /** 'handshake': bytes right after the greeting; 'transmission': after a successful NBD_OPT_GO. */
-  readonly phase: 'handshake' | 'transmission';
+  /**
+   * 'handshake': bytes right after the greeting; 'transmission': after a successful NBD_OPT_GO;
+   * 'structured': after NBD_OPT_STRUCTURED_REPLY, base:allocation and NBD_OPT_GO.
+   */
+  readonly phase: 'handshake' | 'transmission' | 'structured';
   readonly bytes: Buffer;
 }
 
@@ -70,6 +99,17 @@ const CORPUS: readonly Case[] = [
   { name: 'a FAST_ZERO of 4 GiB', phase: 'transmission', bytes: encodeRequest({ flags: NBD_CMD_FLAG_FAST_ZERO, type: NBD_CMD_WRITE_ZEROES, handleHi: 0, handleLo: 9, offset: 0, length: 0xffffffff }) },
   { name: 'requests after NBD_CMD_DISC', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_DISC, 0, 0), req(NBD_CMD_READ, 0, 512), Buffer.from('garbage')]) },
   { name: 'a valid READ then garbage', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_READ, 0, 512), Buffer.alloc(40, 0x13)]) },
+  { name: 'NBD_OPT_STRUCTURED_REPLY with data', phase: 'handshake', bytes: Buffer.concat([FLAGS, encodeOption(NBD_OPT_STRUCTURED_REPLY, Buffer.alloc(9))]) },
+  { name: 'SET_META_CONTEXT before structured replies', phase: 'handshake', bytes: Buffer.concat([FLAGS, SET_ALLOCATION, GO]) },
+  { name: 'SET_META_CONTEXT claiming 2^32-1 queries', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_SET_META_CONTEXT, hex('00000004 6469736b ffffffff'))]) },
+  { name: 'LIST_META_CONTEXT with a query past its data', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_LIST_META_CONTEXT, hex('00000000 00000001 7fffffff 61'))]) },
+  { name: 'SET_META_CONTEXT for an unknown export and a bad namespace', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_SET_META_CONTEXT, metaQuery('nope', ['base:', 'x', 'base:allocation\u0000'])), GO]) },
+  { name: 'BLOCK_STATUS without a context', phase: 'transmission', bytes: req(NBD_CMD_BLOCK_STATUS, 0, 4096) },
+  { name: 'BLOCK_STATUS of 4 GiB past the end', phase: 'structured', bytes: req(NBD_CMD_BLOCK_STATUS, 2 ** 40, 0xffffffff) },
+  { name: 'BLOCK_STATUS of length 0 and with unknown flags', phase: 'structured', bytes: Buffer.concat([req(NBD_CMD_BLOCK_STATUS, 0, 0), flagged(0xff, NBD_CMD_BLOCK_STATUS, 0, 512, 2)]) },
+  { name: 'a READ with DF of 4 GiB', phase: 'structured', bytes: flagged(NBD_CMD_FLAG_DF, NBD_CMD_READ, 0, 0xffffffff) },
+  { name: 'a WRITE with DF (not allowed) then its payload', phase: 'structured', bytes: Buffer.concat([flagged(NBD_CMD_FLAG_DF, NBD_CMD_WRITE, 0, 512), Buffer.alloc(512, 1)]) },
+  { name: 'a WRITE past the end, its payload, then a READ', phase: 'structured', bytes: Buffer.concat([req(NBD_CMD_WRITE, 1024 * 1024 - 100, 4096), Buffer.alloc(4096, 3), req(NBD_CMD_READ, 0, 512, 2)]) },
 ];
 
 function mulberry32(seed: number): () => number {
@@ -89,6 +129,14 @@ function randomCases(seed: number, count: number): Case[] {
   const valid: Case[] = [
     { name: 'handshake', phase: 'handshake', bytes: Buffer.concat([FLAGS, encodeOption(NBD_OPT_LIST), encodeOption(NBD_OPT_INFO, encodeInfoRequest('', [1, 2, 3])), GO, req(NBD_CMD_READ, 0, 512)]) },
     { name: 'requests', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_WRITE, 4096, 1000), Buffer.alloc(1000, 7), req(NBD_CMD_READ, 0, 4096, 2), req(NBD_CMD_TRIM, 0, 512, 3), req(NBD_CMD_DISC, 0, 0, 4)]) },
+    { name: 'structured handshake', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_LIST_META_CONTEXT, metaQuery('disk', ['base:'])), SET_ALLOCATION, GO, req(NBD_CMD_BLOCK_STATUS, 0, 8192)]) },
+    {
+      name: 'structured requests', phase: 'structured',
+      bytes: Buffer.concat([
+        req(NBD_CMD_WRITE, 70000, 9000), Buffer.alloc(9000, 5), flagged(NBD_CMD_FLAG_REQ_ONE, NBD_CMD_BLOCK_STATUS, 0, 1 << 20, 2),
+        flagged(NBD_CMD_FLAG_DF, NBD_CMD_READ, 65536, 20000, 3), req(NBD_CMD_CACHE, 0, 4096, 4), req(NBD_CMD_READ, 0, 65536, 5), req(NBD_CMD_DISC, 0, 0, 6),
+      ]),
+    },
   ];
   const cases: Case[] = [];
   for (let i = 0; i < count; i++) {
@@ -98,7 +146,7 @@ function randomCases(seed: number, count: number): Case[] {
       cases.push({ name: `random #${i}`, phase: random() < 0.5 ? 'handshake' : 'transmission', bytes });
       continue;
     }
-    const base = valid[i % 2]!;
+    const base = valid[i % valid.length]!;
     const bytes = Buffer.from(base.bytes.subarray(0, Math.floor(random() * (base.bytes.length + 1))));
     const flips = Math.floor(random() * 4);
     for (let f = 0; f < flips && bytes.length > 0; f++) bytes[Math.floor(random() * bytes.length)] ^= 1 << Math.floor(random() * 8);
@@ -124,7 +172,8 @@ describe('fuzzing the server with bad bytes', () => {
     process.on('uncaughtException', onCrash);
     process.on('unhandledRejection', onCrash);
     const backend = new BufferBackend({ size: 1024 * 1024, withTrim: true });
-    server = new NbdServer({ exports: [{ name: 'disk', backend }], maxPayload: 64 * 1024, log: pino({ level: 'debug' }, sink) });
+    const memory = new MemoryBackend({ size: 1024 * 1024, pageSize: 64 * 1024 });
+    server = new NbdServer({ exports: [{ name: 'disk', backend }, { name: 'mem', backend: memory }], maxPayload: 64 * 1024, log: pino({ level: 'debug' }, sink) });
     const bound = await server.listen({ host: '127.0.0.1', port: 0 });
     address = { host: '127.0.0.1', port: Number(bound.split(':').at(-1)) };
   });
@@ -135,11 +184,25 @@ describe('fuzzing the server with bad bytes', () => {
     process.off('unhandledRejection', onCrash);
   });
 
-  async function open(c: Case): Promise<RawClient> {
-    if (c.phase === 'transmission') {
-      const session = await openSession(address, 'disk');
-      session.client.write(c.bytes);
-      return session.client;
+  /** Negotiates structured replies and base:allocation, then enters transmission with NBD_OPT_GO. */
+  async function openStructured(name: string): Promise<RawClient> {
+    const client = await RawClient.connect(address);
+    await startHandshake(client);
+    client.write(STRUCTURED);
+    assert.equal((await readOptionReply(client)).type, NBD_REP_ACK);
+    client.write(encodeOption(NBD_OPT_SET_META_CONTEXT, metaQuery(name, ['base:allocation'])));
+    assert.equal((await readOptionReplies(client)).at(-1)!.type, NBD_REP_ACK);
+    client.write(encodeOption(NBD_OPT_GO, encodeInfoRequest(name)));
+    assert.equal((await readOptionReplies(client)).at(-1)!.type, NBD_REP_ACK);
+    return client;
+  }
+
+  async function open(c: Case, k: number): Promise<RawClient> {
+    const name = k % 2 === 0 ? 'disk' : 'mem';
+    if (c.phase === 'transmission' || c.phase === 'structured') {
+      const client = c.phase === 'structured' ? await openStructured(name) : (await openSession(address, name)).client;
+      client.write(c.bytes);
+      return client;
     }
     const client = await RawClient.connect(address);
     await client.read(18);
@@ -150,7 +213,7 @@ describe('fuzzing the server with bad bytes', () => {
   async function runBatch(cases: readonly Case[]): Promise<void> {
     for (let i = 0; i < cases.length; i += 8) {
       const batch = cases.slice(i, i + 8);
-      const clients = await Promise.all(batch.map(open));
+      const clients = await Promise.all(batch.map((c, j) => open(c, i + j)));
       // While those connections sit on their bad bytes, a well-behaved client is still served.
       const good = await openSession(address, 'disk');
       assert.equal((await readAt(good.client, 1, 0, 512)).errno, 0);
@@ -164,10 +227,11 @@ describe('fuzzing the server with bad bytes', () => {
 
   test('the corpus neither crashes nor hangs the server', async () => {
     await runBatch(CORPUS);
+    await runBatch([CORPUS[0]!, ...CORPUS]); // shifted by one: every transmission case meets both exports
   });
 
   test('random and mutated inputs neither crash nor hang the server', async () => {
-    await runBatch(randomCases(20240601, 48));
+    await runBatch(randomCases(20240601, 96));
   });
 
   test('a real handshake still works afterwards, with no crash and at most one warning per connection', async () => {
