@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import type { Backend } from '../pipeline/types.js';
 import { UsageError } from '../errors.js';
 import { MemoryBackend } from './memory.js';
+import { SharedMemoryBackend } from './shared-memory.js';
 import { FileBackend } from './file.js';
 import { DirectoryBackend } from './directory.js';
 import { parseBackendUri, redactUri, type BackendSpec } from './uri.js';
@@ -15,6 +16,8 @@ export interface OpenBackendOptions {
   /** Size from a flag; the URI's own ?size= wins when both are given and they agree. */
   readonly size?: number;
   readonly readOnly?: boolean;
+  /** memory: a store other threads can attach (SharedMemoryBackend), for NBD worker threads. */
+  readonly sharedMemory?: boolean;
   readonly log?: Logger;
 }
 
@@ -36,8 +39,10 @@ export async function openBackend(uri: string, options: OpenBackendOptions = {})
   const readOnly = options.readOnly ?? false;
   const log = options.log !== undefined ? { log: options.log } : {};
   switch (spec.kind) {
-    case 'memory':
-      return new MemoryBackend({ size: needSize(uri, 'memory', resolveSize(uri, spec, options)), readOnly });
+    case 'memory': {
+      const size = needSize(uri, 'memory', resolveSize(uri, spec, options));
+      return options.sharedMemory === true ? SharedMemoryBackend.create({ size, readOnly }) : new MemoryBackend({ size, readOnly });
+    }
     case 'file': {
       const size = resolveSize(uri, spec, options);
       return FileBackend.open(spec.path, { size, readOnly, create: size !== undefined && !readOnly });

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
 import { runCommand, type CommandContext } from './run.js';
 import { collect, countArg, sizeArg } from '../util/args.js';
@@ -21,7 +22,11 @@ interface ServeFlags extends GrpcListenFlags {
   maxPayload: number;
   maxInFlight: number;
   nbdTls: NbdTlsMode;
+  nbdWorkers: number;
 }
+
+/** Worker threads for NBD connections by default: one per core, at most 4, none on one core. */
+const DEFAULT_NBD_WORKERS = availableParallelism() > 1 ? Math.min(4, availableParallelism()) : 0;
 
 type NbdTlsMode = 'off' | 'on' | 'require';
 
@@ -40,6 +45,7 @@ export function serveCommand(): Command {
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
     .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg))
+    .addOption(new Option('--nbd-workers <n>', 'worker threads serving plain NBD connections to memory exports (which then live in shared memory); 0 serves every connection on the main thread').default(DEFAULT_NBD_WORKERS, `${DEFAULT_NBD_WORKERS} here: one per core, at most 4`).argParser(countArg))
     .addOption(new Option('--nbd-tls <mode>', 'NBD STARTTLS with --tls-cert and --tls-key (--tls-client-ca: clients must present a certificate it signed): on = offered, plaintext clients are served too; require = every client must upgrade (the printed URIs are nbds://)').choices(['off', 'on', 'require']).default('off')), 'gRPC listener');
 }
 
@@ -53,7 +59,7 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
   // --size applies to every export whose URI does not carry its own ?size=.
   const open = async (uri: string): Promise<Backend> => {
     const size = parseBackendUri(uri).size ?? flags.size;
-    const b = await openComposed(uri, { ...(size !== undefined ? { size } : {}), readOnly: flags.readOnly });
+    const b = await openComposed(uri, { ...(size !== undefined ? { size } : {}), readOnly: flags.readOnly, sharedMemory: flags.nbdWorkers > 0 });
     opened.push(b);
     return b;
   };
@@ -72,7 +78,7 @@ async function serve(flags: ServeFlags, { log, signal }: CommandContext): Promis
     if (flags.maxInFlight === 0) throw new UsageError('--max-in-flight must be at least 1');
     const listens = flags.nbdListen.length > 0 || grpcFlags.addresses.length > 0 ? flags.nbdListen : ['127.0.0.1:10809'];
     const addresses = listens.map((a) => parseListenAddress(a));
-    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, ...(nbdTls !== undefined ? { tls: nbdTls } : {}), log });
+    const server = new NbdServer({ exports, maxPayload: flags.maxPayload, maxInFlight: flags.maxInFlight, workers: flags.nbdWorkers, ...(nbdTls !== undefined ? { tls: nbdTls } : {}), log });
     // gRPC serves the first export (the Backend service has no export names).
     const grpcServer = grpcFlags.addresses.length === 0 ? undefined : new GrpcServer({
       backend: exports[0]!.backend,

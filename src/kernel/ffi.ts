@@ -79,6 +79,8 @@ interface Libc {
   readonly close: Fn;
   readonly dup: Fn;
   readonly fcntl: Fn;
+  readonly memfdCreate: Fn;
+  readonly fallocate: Fn;
   readonly mmap: Fn;
   readonly munmap: Fn;
   readonly msync: Fn;
@@ -112,6 +114,8 @@ function libc(): Libc {
     close: lib.func('int close(int fd)'),
     dup: lib.func('int dup(int fd)'),
     fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
+    memfdCreate: lib.func('int memfd_create(const char *name, unsigned int flags)'),
+    fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
     mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
     munmap: lib.func('int munmap(void *addr, size_t length)'),
     msync: lib.func('int msync(void *addr, size_t length, int flags)'),
@@ -195,6 +199,19 @@ export function dup(fd: number, device?: string): number {
 }
 
 const F_DUPFD_CLOEXEC = 1030;
+const MFD_CLOEXEC = 1;
+const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
+
+/** memfd_create(2) with close-on-exec: an anonymous file in memory (shmem), sparse until written. */
+export function memfdCreate(name: string): number {
+  return check(libc().memfdCreate(name, MFD_CLOEXEC) as number, 'memfd_create', name);
+}
+
+/** fallocate(2) PUNCH_HOLE | KEEP_SIZE: the range reads as zeros and its storage is freed. */
+export function punchHole(fd: number, offset: number, length: number): void {
+  check(libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) as number, 'fallocate(PUNCH_HOLE)');
+}
 
 /** dup(2) with close-on-exec set (fcntl F_DUPFD_CLOEXEC): the copy does not leak into child processes. */
 export function dupCloexec(fd: number, device?: string): number {

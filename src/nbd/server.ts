@@ -17,6 +17,7 @@ import { NBD_MAX_STRING } from './constants.js';
 import type { NbdExport } from './export.js';
 import { Handshake, isReadOnly, transmissionFlagsFor, type HandshakeOptions } from './handshake.js';
 import { formatListenAddress, type ListenAddress } from './listen-address.js';
+import { ConnectionWorkers } from './connection-workers.js';
 import { Transmission } from './transmission.js';
 
 export type { NbdExport } from './export.js';
@@ -37,6 +38,11 @@ export interface NbdServerOptions {
   readonly preferredBlockSize?: number;
   /** Offer NBD_OPT_STARTTLS with this certificate (and require it unless `tls.require` is false). */
   readonly tls?: NbdServerTlsOptions;
+  /**
+   * Worker threads that serve the transmission phase of plain connections to exports whose
+   * backend can be shared across threads (Backend.share); default 0 (all on this thread).
+   */
+  readonly workers?: number;
   readonly log?: Logger;
 }
 
@@ -60,6 +66,8 @@ interface Connection {
   readonly socketClosed: () => void;
   /** Accepted by a listener (not handed over by serveAttached): the transmission may re-open it. */
   readonly accepted: boolean;
+  /** Served on a worker thread: resolves when the worker closed it. */
+  handedOff: Promise<void> | undefined;
 }
 
 const MIB = 1024 * 1024;
@@ -70,6 +78,8 @@ const ABORT_GRACE_MS = 2000;
 export class NbdServer {
   readonly #options: ResolvedOptions;
   readonly #log: Logger;
+  /** Worker threads for shareable exports; undefined with `workers` 0. */
+  readonly #workers: ConnectionWorkers | undefined;
   readonly #listeners: Server[] = [];
   readonly #connections = new Map<Connection, Promise<void>>();
   #nextConn = 1;
@@ -78,6 +88,9 @@ export class NbdServer {
   constructor(options: NbdServerOptions) {
     this.#options = resolveOptions(options);
     this.#log = (options.log ?? silentLogger).child({ component: 'nbd-server' });
+    const workers = options.workers ?? 0;
+    if (!Number.isSafeInteger(workers) || workers < 0) throw new UsageError(`workers must be a whole number >= 0, got ${workers}`);
+    this.#workers = workers > 0 ? new ConnectionWorkers(workers, this.#log) : undefined;
     for (const exp of this.#options.exports) {
       if (exp.backend.size % this.#options.minBlockSize !== 0) {
         this.#log.warn({ export: exp.name, size: exp.backend.size }, 'export size is not a multiple of minBlockSize; its tail is unreachable');
@@ -216,12 +229,12 @@ export class NbdServer {
     log.debug({ remote: socket.remoteAddress ?? 'unix' }, 'connection accepted');
     let socketClosed!: () => void;
     const closedSocket = new Promise<void>((resolve) => (socketClosed = resolve));
-    const entry: Connection = { socket, conn, log, transmission: undefined, socketClosed, accepted };
+    const entry: Connection = { socket, conn, log, transmission: undefined, socketClosed, accepted, handedOff: undefined };
     socket.setNoDelay(true);
     socket.on('error', (err) => log.debug({ err }, 'socket error'));
     socket.once('close', socketClosed);
     const closed = closedSocket
-      .then(() => entry.transmission?.closed)
+      .then(() => entry.transmission?.closed ?? entry.handedOff)
       .then(() => {
         this.#connections.delete(entry);
         log.debug('connection closed');
@@ -232,8 +245,7 @@ export class NbdServer {
 
   #transmit(entry: Connection, exp: NbdExport, size: number, transmissionFlags: number, remainder: Buffer | undefined, structured = false, allocationContext?: number): void {
     entry.log.debug({ export: exp.name, size, flags: transmissionFlags, structured, blockStatus: allocationContext !== undefined }, 'transmission phase');
-    entry.transmission = new Transmission(entry.socket, {
-      backend: exp.backend,
+    const params = {
       size,
       transmissionFlags,
       structured,
@@ -242,10 +254,17 @@ export class NbdServer {
       maxInFlight: this.#options.maxInFlight,
       maxInFlightBytes: this.#options.maxInFlightBytes,
       minBlockSize: this.#options.minBlockSize,
-      userBuffers: entry.accepted,
       conn: entry.conn,
-      log: entry.log,
-    });
+    };
+    const handle = entry.accepted && this.#workers !== undefined ? exp.backend.share?.() : undefined;
+    if (handle !== undefined) {
+      entry.handedOff = this.#workers!.serve(entry.socket, entry.conn, handle, params, remainder);
+      if (entry.handedOff !== undefined) {
+        entry.log.debug('served on a worker thread');
+        return;
+      }
+    }
+    entry.transmission = new Transmission(entry.socket, { ...params, backend: exp.backend, userBuffers: entry.accepted, log: entry.log });
     entry.transmission.start(remainder);
   }
 
@@ -259,9 +278,11 @@ export class NbdServer {
     const listenersClosed = this.#listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     for (const entry of this.#connections.keys()) {
       if (entry.transmission !== undefined) void entry.transmission.shutdown();
+      else if (entry.handedOff !== undefined) this.#workers!.shutdown(entry.conn);
       else entry.socket.destroy();
     }
     await Promise.all(this.#connections.values());
+    await this.#workers?.close();
     await Promise.all(listenersClosed);
     const errors: unknown[] = [];
     const backends = new Set(this.#options.exports.filter((exp) => !isReadOnly(exp)).map((exp) => exp.backend));

@@ -59,6 +59,15 @@ export const EXTENT_HOLE = 1;
 /** Reads as zeros; NBD_STATE_ZERO. */
 export const EXTENT_ZERO = 2;
 
+/**
+ * What another thread needs to attach the same store (Backend.share): `module` exports
+ * `attachShared(data)`, which returns a Backend over it; `data` survives postMessage.
+ */
+export interface SharedBackendHandle {
+  readonly module: string;
+  readonly data: unknown;
+}
+
 export interface Backend extends ReadWriterAt, BackendCapabilities {
   readonly size: number;
   /** Makes every completed write durable. */
@@ -98,4 +107,9 @@ export interface Backend extends ReadWriterAt, BackendCapabilities {
    * A view stays the store's memory until the range is trimmed or zeroed.
    */
   views?(off: number, length: number, write: boolean): readonly Buffer[];
+  /**
+   * The store can be attached by other threads of this process, all seeing one state (the NBD
+   * server then serves its connections on worker threads): what they need to attach it.
+   */
+  share?(): SharedBackendHandle;
 }

@@ -3,8 +3,9 @@
  * must never crash (no uncaught exception or unhandled rejection), must close every such
  * connection once the client hangs up, must log at most one warning per connection and no
  * errors, and must keep serving other clients throughout. CORPUS keeps inputs worth replaying.
- * Transmission cases run against two exports: a BufferBackend (payloads as socket chunks) and a
- * MemoryBackend (payloads read straight into its pages over a re-opened socket), with simple
+ * Transmission cases run against three exports in turn: a BufferBackend (payloads as socket
+ * chunks), a MemoryBackend (payloads read straight into its pages over a re-opened socket) and a
+ * SharedMemoryBackend (the same, on a worker thread), with simple
  * replies and, for 'structured' cases, after NBD_OPT_STRUCTURED_REPLY and base:allocation.
  */
 import assert from 'node:assert/strict';
@@ -13,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest } from '../../src/nbd/codec.js';
 import { MemoryBackend } from '../../src/backends/memory.js';
+import { SharedMemoryBackend } from '../../src/backends/shared-memory.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
@@ -166,6 +168,7 @@ describe('fuzzing the server with bad bytes', () => {
   const crashes: unknown[] = [];
   const onCrash = (err: unknown): void => void crashes.push(err);
   let server: NbdServer;
+  let shared: SharedMemoryBackend;
   let address: ListenAddress;
 
   before(async () => {
@@ -173,13 +176,18 @@ describe('fuzzing the server with bad bytes', () => {
     process.on('unhandledRejection', onCrash);
     const backend = new BufferBackend({ size: 1024 * 1024, withTrim: true });
     const memory = new MemoryBackend({ size: 1024 * 1024, pageSize: 64 * 1024 });
-    server = new NbdServer({ exports: [{ name: 'disk', backend }, { name: 'mem', backend: memory }], maxPayload: 64 * 1024, log: pino({ level: 'debug' }, sink) });
+    shared = SharedMemoryBackend.create({ size: 1024 * 1024 });
+    server = new NbdServer({
+      exports: [{ name: 'disk', backend }, { name: 'mem', backend: memory }, { name: 'shm', backend: shared }],
+      maxPayload: 64 * 1024, workers: 1, log: pino({ level: 'debug' }, sink),
+    });
     const bound = await server.listen({ host: '127.0.0.1', port: 0 });
     address = { host: '127.0.0.1', port: Number(bound.split(':').at(-1)) };
   });
 
   after(async () => {
     await server.close();
+    await shared.close();
     process.off('uncaughtException', onCrash);
     process.off('unhandledRejection', onCrash);
   });
@@ -198,7 +206,7 @@ describe('fuzzing the server with bad bytes', () => {
   }
 
   async function open(c: Case, k: number): Promise<RawClient> {
-    const name = k % 2 === 0 ? 'disk' : 'mem';
+    const name = ['disk', 'mem', 'shm'][k % 3]!;
     if (c.phase === 'transmission' || c.phase === 'structured') {
       const client = c.phase === 'structured' ? await openStructured(name) : (await openSession(address, name)).client;
       client.write(c.bytes);
@@ -227,7 +235,8 @@ describe('fuzzing the server with bad bytes', () => {
 
   test('the corpus neither crashes nor hangs the server', async () => {
     await runBatch(CORPUS);
-    await runBatch([CORPUS[0]!, ...CORPUS]); // shifted by one: every transmission case meets both exports
+    await runBatch([CORPUS[0]!, ...CORPUS]); // shifted by one and two: every transmission case meets every export
+    await runBatch([CORPUS[0]!, CORPUS[0]!, ...CORPUS]);
   });
 
   test('random and mutated inputs neither crash nor hang the server', async () => {

@@ -1,0 +1,117 @@
+/**
+ * ConnectionWorkers: worker threads (connection-worker.ts) that serve the transmission phase of
+ * connections whose backend can be shared across threads (Backend.share: a memfd-backed memory
+ * store), so several connections (nbdcopy and the kernel open four with multi-conn) are served on
+ * several cores instead of one event loop. The main thread keeps the listeners and handshakes.
+ *
+ * - A connection is handed over as a duplicate of its descriptor (close-on-exec); the main
+ *   thread's socket is then closed without a shutdown. Bytes that followed the handshake go along.
+ *   A socket with anything still buffered in Node, or without a descriptor, is not handed over.
+ * - Connections go to the threads in turn. `serve` resolves when the worker has closed the
+ *   connection (or the worker died: its connections are gone with it, logged once).
+ * - Threads start at the first hand-over and are unref'd: they never keep the process alive.
+ * - Their log lines come back as messages and are written through the server's logger.
+ */
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import { Worker } from 'node:worker_threads';
+import { dupCloexec } from '../kernel/ffi.js';
+import { pino } from 'pino';
+import type { Logger } from '../log.js';
+import type { SharedBackendHandle } from '../pipeline/types.js';
+import type { FromWorker, ToWorker, WorkerTransmissionParams } from './connection-worker.js';
+
+interface Thread {
+  readonly worker: Worker;
+  readonly conns: Map<number, () => void>;
+}
+
+export class ConnectionWorkers {
+  readonly #count: number;
+  readonly #log: Logger;
+  readonly #threads: Thread[] = [];
+  #next = 0;
+
+  constructor(count: number, log: Logger) {
+    this.#count = count;
+    this.#log = log;
+  }
+
+  /**
+   * Hands the connection on `socket` to a worker; resolves once the worker closed it. Returns
+   * undefined, leaving the socket untouched, when it cannot be handed over.
+   */
+  serve(socket: Socket, conn: number, handle: SharedBackendHandle, params: WorkerTransmissionParams, remainder: Buffer | undefined): Promise<void> | undefined {
+    if (this.#count <= 0 || socket instanceof TLSSocket || socket.destroyed) return undefined;
+    const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return undefined;
+    socket.pause();
+    if (socket.readableLength > 0 || socket.writableLength > 0) return undefined;
+    let copy: number;
+    try {
+      copy = dupCloexec(fd);
+    } catch {
+      return undefined;
+    }
+    const thread = this.#thread();
+    const closed = new Promise<void>((resolve) => thread.conns.set(conn, resolve));
+    const message: ToWorker = {
+      type: 'serve', conn, fd: copy, handle, params, logLevel: this.#log.level,
+      remainder: remainder === undefined ? undefined : new Uint8Array(remainder),
+    };
+    thread.worker.postMessage(message);
+    socket.destroy();
+    return closed;
+  }
+
+  /** Drains one handed-over connection (server close). */
+  shutdown(conn: number): void {
+    for (const thread of this.#threads) if (thread.conns.has(conn)) thread.worker.postMessage({ type: 'shutdown', conn } satisfies ToWorker);
+  }
+
+  /** Stops the threads (after their connections closed). */
+  async close(): Promise<void> {
+    const threads = this.#threads.splice(0);
+    await Promise.all(threads.map((t) => t.worker.terminate()));
+  }
+
+  /** A worker's pino lines, written again through the server's logger (its fields kept). */
+  #relay(lines: string): void {
+    for (const line of lines.split('\n')) {
+      if (line === '') continue;
+      try {
+        const { level, msg, ...fields } = JSON.parse(line) as { level: number; msg?: string };
+        const label = pino.levels.labels[level] as 'info' | undefined;
+        if (label !== undefined) this.#log[label](fields, msg);
+      } catch {
+        this.#log.warn({ line }, 'unreadable log line from an NBD worker thread');
+      }
+    }
+  }
+
+  #thread(): Thread {
+    if (this.#threads.length < this.#count) {
+      const worker = new Worker(new URL('./connection-worker.js', import.meta.url));
+      worker.unref();
+      const thread: Thread = { worker, conns: new Map() };
+      worker.on('message', (msg: FromWorker) => {
+        if (msg.type === 'log') return this.#relay(msg.lines);
+        if (msg.type === 'failed') this.#log.warn({ conn: msg.conn }, `connection failed on its worker thread: ${msg.message}`);
+        thread.conns.get(msg.conn)?.();
+        thread.conns.delete(msg.conn);
+      });
+      const gone = (why: string): void => {
+        if (thread.conns.size > 0) this.#log.error({ connections: thread.conns.size }, `an NBD worker thread ${why}; its connections are closed`);
+        for (const resolve of thread.conns.values()) resolve();
+        thread.conns.clear();
+        const at = this.#threads.indexOf(thread);
+        if (at >= 0) this.#threads.splice(at, 1);
+      };
+      worker.on('error', (err) => gone(`failed (${err.message})`));
+      worker.on('exit', (code) => gone(`exited with code ${code}`));
+      this.#threads.push(thread);
+    }
+    const thread = this.#threads[this.#next++ % this.#threads.length]!;
+    return thread;
+  }
+}
