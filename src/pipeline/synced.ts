@@ -199,11 +199,11 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
       try {
         extents = await this.#remoteExtents!(pos, end - pos);
       } catch {
-        return; // not known: those chunks are fetched as usual
+        extents = [];
       }
-      if (extents.length === 0) return;
+      const from = pos;
       for (const e of extents) {
-        if (e.length <= 0) return;
+        if (e.length <= 0) break;
         const zeros = (e.flags & EXTENT_HOLE) !== 0 && (e.flags & EXTENT_ZERO) !== 0;
         const stop = Math.min(end, pos + e.length);
         // A chunk is a hole only if the whole of it is; a chunk the extent covers in part is data.
@@ -217,6 +217,11 @@ export class SyncedReadWriterAt implements ReadWriterAt, Required<ScatterWriter>
         }
         pos = stop;
         if (pos >= end) break;
+      }
+      if (pos === from) {
+        // Nothing learned (an error, or no extents): fetched as usual, not asked again until marked remote.
+        for (let c = Math.floor(pos / chunkSize); c * chunkSize < end; c++) if (holes[c] === RemoteHole.UNKNOWN) holes[c] = RemoteHole.DATA;
+        return;
       }
     }
   }

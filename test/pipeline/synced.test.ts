@@ -59,13 +59,22 @@ describe('SyncedReadWriterAt', () => {
     assert.deepEqual(local.peek(8, 4), text('new!'), 'marked remote: fetched, not assumed a hole');
   });
 
-  it('with remoteExtents that fail, pulls fetch as usual', async () => {
-    const { remote, synced } = setup(2, 0, { remoteExtents: async () => { throw new Error('no block status'); } });
-    remote.fill(0, text('abcdefgh'));
-    await synced.pull(0);
-    await synced.pull(4);
-    assert.equal(remote.readCalls, 2);
-  });
+  const answers: [string, () => Promise<{ length: number; flags: number }[]>][] = [
+    ['fail', async () => { throw new Error('no block status'); }],
+    ['answer nothing', async () => []],
+    ['answer empty extents', async () => [{ length: 0, flags: 3 }]],
+  ];
+  for (const [what, remoteExtents] of answers) {
+    it(`with remoteExtents that ${what}, pulls fetch as usual and the remote is asked once`, async () => {
+      let asked = 0;
+      const { remote, synced } = setup(2, 0, { remoteExtents: () => { asked++; return remoteExtents(); } });
+      remote.fill(0, text('abcdefgh'));
+      await synced.pull(0);
+      await synced.pull(4);
+      assert.equal(remote.readCalls, 2);
+      assert.equal(asked, 1);
+    });
+  }
 
   for (const off of [0, 4]) {
     it(`writes the chunk at ${off} and reads it back without asking the remote`, async () => {
