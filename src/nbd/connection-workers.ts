@@ -4,22 +4,21 @@
  * store), so several connections (nbdcopy and the kernel open four with multi-conn) are served on
  * several cores instead of one event loop. The main thread keeps the listeners and handshakes.
  *
- * - A connection is handed over as a duplicate of its descriptor (close-on-exec); the main
+ * - A connection is handed over as a duplicate of its descriptor (takeDescriptor); the main
  *   thread's socket is then closed without a shutdown. Bytes that followed the handshake go along.
- *   A socket with anything still buffered in Node, or without a descriptor, is not handed over.
+ *   A TLS socket, one with anything still buffered in Node, or one without a descriptor, stays.
  * - Connections go to the threads in turn. `serve` resolves when the worker has closed the
  *   connection (or the worker died: its connections are gone with it, logged once).
  * - Threads start at the first hand-over and are unref'd: they never keep the process alive.
  * - Their log lines come back as messages and are written through the server's logger.
  */
 import type { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
 import { Worker } from 'node:worker_threads';
-import { dupCloexec } from '../kernel/ffi.js';
 import { pino } from 'pino';
 import type { Logger } from '../log.js';
 import type { SharedBackendHandle } from '../pipeline/types.js';
 import type { FromWorker, ToWorker, WorkerTransmissionParams } from './connection-worker.js';
+import { takeDescriptor } from './user-buffer-socket.js';
 
 interface Thread {
   readonly worker: Worker;
@@ -42,17 +41,9 @@ export class ConnectionWorkers {
    * undefined, leaving the socket untouched, when it cannot be handed over.
    */
   serve(socket: Socket, conn: number, handle: SharedBackendHandle, params: WorkerTransmissionParams, remainder: Buffer | undefined): Promise<void> | undefined {
-    if (this.#count <= 0 || socket instanceof TLSSocket || socket.destroyed) return undefined;
-    const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) return undefined;
-    socket.pause();
-    if (socket.readableLength > 0 || socket.writableLength > 0) return undefined;
-    let copy: number;
-    try {
-      copy = dupCloexec(fd);
-    } catch {
-      return undefined;
-    }
+    if (this.#count <= 0) return undefined;
+    const copy = takeDescriptor(socket);
+    if (copy === undefined) return undefined;
     const thread = this.#thread();
     const closed = new Promise<void>((resolve) => thread.conns.set(conn, resolve));
     const message: ToWorker = {

@@ -1,11 +1,13 @@
 /**
- * Re-opens a plain (not TLS) connected socket so that reads go into buffers the caller picks
- * (net.Socket `onread`): Node then allocates nothing per read, and a WRITE payload can be read
- * straight into the backend's memory. Node's servers offer no `onread` for accepted sockets, so
- * the descriptor is duplicated (close-on-exec) into a new Socket and the old one is closed without
- * a shutdown: the connection lives on in the copy.
+ * Taking over a plain connected socket's descriptor, for two ends:
+ * - `reopenWithUserBuffers`: a new Socket on a duplicate whose reads go into buffers the caller
+ *   picks (net.Socket `onread`): Node then allocates nothing per read, and a WRITE payload can be
+ *   read straight into the backend's memory. Node's servers offer no `onread` for accepted sockets.
+ * - `takeDescriptor`: a duplicate for another thread to serve (connection-workers.ts).
+ * The duplicate is close-on-exec; the old socket is closed without a shutdown, so the connection
+ * lives on in the copy.
  *
- * Returns undefined, leaving `socket` as it was, where this cannot be done safely: a TLS socket, a
+ * Neither is done, leaving `socket` as it was, where it cannot be done safely: a TLS socket, a
  * socket without a descriptor, or one with bytes still buffered in either direction.
  */
 import { Socket, type SocketConstructorOpts } from 'node:net';
@@ -19,18 +21,26 @@ export interface UserBufferRead {
   readonly callback: (n: number, buf: Buffer) => boolean;
 }
 
-export function reopenWithUserBuffers(socket: Socket, onread: UserBufferRead): Socket | undefined {
+/**
+ * A duplicate of the socket's descriptor, with the socket paused; the caller closes the socket
+ * once the duplicate is in use (or closes the duplicate). Undefined where it cannot be done.
+ */
+export function takeDescriptor(socket: Socket): number | undefined {
   if (socket instanceof TLSSocket || socket.destroyed) return undefined;
   const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) return undefined;
   socket.pause();
   if (socket.readableLength > 0 || socket.writableLength > 0) return undefined;
-  let copy: number;
   try {
-    copy = dupCloexec(fd);
+    return dupCloexec(fd);
   } catch {
     return undefined;
   }
+}
+
+export function reopenWithUserBuffers(socket: Socket, onread: UserBufferRead): Socket | undefined {
+  const copy = takeDescriptor(socket);
+  if (copy === undefined) return undefined;
   let reopened: Socket;
   try {
     // `onread` is a documented Socket option that @types/node only lists for connect().
