@@ -18,6 +18,20 @@ describe('structured replies and block status against r3map-serve', { timeout: 1
   const serve = serveFixture(['--backend', 'memory', '--size', '1GiB'], { listen: ['unix'] });
   const uri = (): string => serve.targets()[0]!.uri;
 
+  test('nbdinfo --can structured-reply (and cache, fast-zero, df, multi-conn) answer yes; --json lists base:allocation', async (t) => {
+    if (!requireTool(t, 'nbdinfo')) return;
+    for (const feature of ['structured-reply', 'cache', 'fast-zero', 'df', 'multi-conn']) {
+      const r = await runTool('nbdinfo', ['--can', feature, uri()], { timeoutMs: 30_000 });
+      assert.equal(r.code, 0, `nbdinfo --can ${feature}: ${r.stderr}`);
+    }
+    const no = await runTool('nbdinfo', ['--is', 'read-only', uri()], { timeoutMs: 30_000 });
+    assert.equal(no.code, 2, 'a writable export is not read-only: nbdinfo exits 2');
+    const json = await runTool('nbdinfo', ['--json', uri()], { timeoutMs: 30_000 });
+    assert.equal(json.code, 0, json.stderr);
+    const info = JSON.parse(json.stdout) as { exports: { contexts?: string[] }[] };
+    assert.deepEqual(info.exports[0]!.contexts, ['base:allocation']);
+  });
+
   test('nbdinfo --map, qemu-img map and nbdcopy out see the holes: a 1 GiB export with 8 MiB written copies to 8 MiB', async (t) => {
     if (!requireTool(t, 'nbdinfo') || !requireTool(t, 'qemu-io') || !requireTool(t, 'qemu-img') || !requireTool(t, 'nbdcopy')) return;
     const write = await runTool('qemu-io', ['-f', 'raw', uri(), '-c', 'write -P 0xcd 100M 8M'], { timeoutMs: 30_000 });
