@@ -21,7 +21,7 @@
  */
 import { constants, type FileHandle, open, readFile } from 'node:fs/promises';
 import { SEEK_DATA, SEEK_HOLE, seekExtent } from '../kernel/ffi.js';
-import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent, type SharedBackendHandle } from '../pipeline/types.js';
 import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { CallGate } from '../util/call-gate.js';
 
@@ -57,6 +57,11 @@ export class FileBackend implements Backend {
     this.size = size;
     this.readOnly = readOnly;
     this.isBlockDevice = isBlockDevice;
+  }
+
+  /** Another thread opens the same file (a descriptor of its own; the page cache is shared). */
+  share(): SharedBackendHandle {
+    return { module: import.meta.url, data: { path: this.path, readOnly: this.readOnly } };
   }
 
   static async open(path: string, options: FileBackendOptions = {}): Promise<FileBackend> {
@@ -278,4 +283,10 @@ async function blockDeviceSize(rdev: number): Promise<number | undefined> {
   } catch {
     return undefined; // no sysfs (a container): the caller must pass a size
   }
+}
+
+/** Opens the file a SharedBackendHandle of this module names (on a worker thread; never creates it). */
+export function attachShared(data: unknown): Promise<Backend> {
+  const { path, readOnly } = data as { path: string; readOnly: boolean };
+  return FileBackend.open(path, { readOnly, create: false });
 }

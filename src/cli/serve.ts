@@ -45,7 +45,7 @@ export function serveCommand(): Command {
     .option('--read-only', 'refuse writes and advertise NBD_FLAG_READ_ONLY', false)
     .addOption(new Option('--max-payload <bytes>', 'largest request accepted (NBD_INFO_BLOCK_SIZE maximum)').default(32 * 1024 * 1024, '32MiB').argParser(sizeArg))
     .addOption(new Option('--max-in-flight <n>', 'requests served at once per connection').default(64).argParser(countArg))
-    .addOption(new Option('--nbd-workers <n>', 'worker threads serving plain NBD connections to memory exports (which then live in shared memory); 0 serves every connection on the main thread').default(DEFAULT_NBD_WORKERS, `${DEFAULT_NBD_WORKERS} here: one per core, at most 4`).argParser(countArg))
+    .addOption(new Option('--nbd-workers <n>', 'worker threads serving plain NBD connections to memory exports (which then live in shared memory) and files; 0 serves every connection on the main thread').default(DEFAULT_NBD_WORKERS, `${DEFAULT_NBD_WORKERS} here: one per core, at most 4`).argParser(countArg))
     .addOption(new Option('--nbd-tls <mode>', 'NBD STARTTLS with --tls-cert and --tls-key (--tls-client-ca: clients must present a certificate it signed): on = offered, plaintext clients are served too; require = every client must upgrade (the printed URIs are nbds://)').choices(['off', 'on', 'require']).default('off')), 'gRPC listener');
 }
 

@@ -2,7 +2,8 @@
  * The worker-thread side of ConnectionWorkers: serves the transmission phase of connections the
  * main thread handed over (their descriptors; a worker shares the process's descriptor table)
  * over a backend it attaches from a SharedBackendHandle, once per store. Tells the main thread
- * when each connection has closed; 'shutdown' drains one as NbdServer.close() does. Log lines go
+ * when each connection has closed; 'shutdown' drains one as NbdServer.close() does, and 'exit'
+ * closes what the worker attached and ends it. Log lines go
  * to the main thread, which writes them through the server's logger.
  */
 import { closeSync } from 'node:fs';
@@ -19,7 +20,9 @@ export type WorkerTransmissionParams = Omit<TransmissionOptions, 'backend' | 'lo
 
 export type ToWorker =
   | { readonly type: 'serve'; readonly conn: number; readonly fd: number; readonly handle: SharedBackendHandle; readonly params: WorkerTransmissionParams; readonly remainder: Uint8Array | undefined; readonly logLevel: string }
-  | { readonly type: 'shutdown'; readonly conn: number };
+  | { readonly type: 'shutdown'; readonly conn: number }
+  /** Every connection has closed: close what was attached and exit. */
+  | { readonly type: 'exit' };
 
 export type FromWorker =
   | { readonly type: 'closed'; readonly conn: number }
@@ -43,7 +46,7 @@ function attach(handle: SharedBackendHandle): Promise<Backend> {
   const key = `${handle.module} ${JSON.stringify(handle.data, (_k, v: unknown) => (v instanceof SharedArrayBuffer ? undefined : v))}`;
   let backend = backends.get(key);
   if (backend === undefined) {
-    backend = import(handle.module).then((m: { attachShared(data: unknown): Backend }) => m.attachShared(handle.data));
+    backend = import(handle.module).then((m: { attachShared(data: unknown): Backend | Promise<Backend> }) => m.attachShared(handle.data));
     backends.set(key, backend);
   }
   return backend;
@@ -68,7 +71,19 @@ async function serve(msg: Extract<ToWorker, { type: 'serve' }>): Promise<void> {
   await transmission.closed;
 }
 
+/** Closes every attached backend (their errors are the main thread's to hear), then exits. */
+async function exit(): Promise<void> {
+  const attached = await Promise.allSettled(backends.values());
+  const closed = await Promise.allSettled(attached.flatMap((r) => (r.status === 'fulfilled' ? [r.value.close()] : [])));
+  for (const r of closed) if (r.status === 'rejected') port?.postMessage({ type: 'failed', conn: 0, message: `closing a backend: ${(r.reason as Error).message}` } satisfies FromWorker);
+  process.exit(0);
+}
+
 port?.on('message', (msg: ToWorker) => {
+  if (msg.type === 'exit') {
+    void exit();
+    return;
+  }
   if (msg.type === 'shutdown') {
     void transmissions.get(msg.conn)?.shutdown();
     return;

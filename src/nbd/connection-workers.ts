@@ -20,6 +20,9 @@ import type { SharedBackendHandle } from '../pipeline/types.js';
 import type { FromWorker, ToWorker, WorkerTransmissionParams } from './connection-worker.js';
 import { takeDescriptor } from './user-buffer-socket.js';
 
+/** How long a thread may take to close its backends and exit before it is terminated. */
+const EXIT_GRACE_MS = 5000;
+
 interface Thread {
   readonly worker: Worker;
   readonly conns: Map<number, () => void>;
@@ -60,10 +63,19 @@ export class ConnectionWorkers {
     for (const thread of this.#threads) if (thread.conns.has(conn)) thread.worker.postMessage({ type: 'shutdown', conn } satisfies ToWorker);
   }
 
-  /** Stops the threads (after their connections closed). */
+  /**
+   * Ends the threads once their connections have closed: each closes what it attached and exits
+   * (terminated if it has not within EXIT_GRACE_MS).
+   */
   async close(): Promise<void> {
     const threads = this.#threads.splice(0);
-    await Promise.all(threads.map((t) => t.worker.terminate()));
+    await Promise.all(threads.map(async ({ worker }) => {
+      const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+      worker.postMessage({ type: 'exit' } satisfies ToWorker);
+      const timer = setTimeout(() => void worker.terminate(), EXIT_GRACE_MS);
+      await exited;
+      clearTimeout(timer);
+    }));
   }
 
   /** A worker's pino lines, written again through the server's logger (its fields kept). */
@@ -87,7 +99,7 @@ export class ConnectionWorkers {
       const thread: Thread = { worker, conns: new Map() };
       worker.on('message', (msg: FromWorker) => {
         if (msg.type === 'log') return this.#relay(msg.lines);
-        if (msg.type === 'failed') this.#log.warn({ conn: msg.conn }, `connection failed on its worker thread: ${msg.message}`);
+        if (msg.type === 'failed') this.#log.warn(msg.conn === 0 ? {} : { conn: msg.conn }, `on an NBD worker thread: ${msg.message}`);
         thread.conns.get(msg.conn)?.();
         thread.conns.delete(msg.conn);
       });

@@ -61,7 +61,8 @@ export const EXTENT_ZERO = 2;
 
 /**
  * What another thread needs to attach the same store (Backend.share): `module` exports
- * `attachShared(data)`, which returns a Backend over it; `data` survives postMessage.
+ * `attachShared(data)`, which returns a Backend over it (or a promise of one); `data` survives
+ * postMessage. The thread closes what it attached when it is done.
  */
 export interface SharedBackendHandle {
   readonly module: string;

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { pino } from 'pino';
+import { FileBackend } from '../../src/backends/file.js';
 import { MemoryBackend } from '../../src/backends/memory.js';
 import { SharedMemoryBackend } from '../../src/backends/shared-memory.js';
 import type { Logger } from '../../src/log.js';
@@ -71,6 +72,29 @@ describe('NbdServer with worker threads', () => {
       await server.close();
       await shared.close();
     }
+  });
+
+  test('a file export is served on workers too, each opening the file; FLUSH and close reach the file', async () => {
+    const file = join(dir, 'disk.img');
+    const backend = await FileBackend.open(file, { size: 8 * MiB });
+    const { log, count } = captureLog();
+    const server = new NbdServer({ exports: [{ name: 'disk', backend }], workers: 2, log });
+    const path = join(dir, 'file.sock');
+    await server.listen({ path });
+    const a = await NbdClient.connect({ path }, { exportName: 'disk' });
+    const b = await NbdClient.connect({ path }, { exportName: 'disk' });
+    await a.writeAt(pattern(MiB, 1), 0);
+    await a.flush();
+    const back = Buffer.alloc(MiB);
+    await b.readAt(back, 0);
+    assert.ok(back.equals(pattern(MiB, 1)), 'one file behind both workers');
+    assert.deepEqual(await b.blockStatus(4 * MiB, MiB), [{ length: MiB, flags: 3 }]);
+    await b.writeAt(pattern(MiB, 2), 2 * MiB);
+    await Promise.all([a.close(), b.close()]);
+    await server.close();
+    assert.equal(count('served on a worker thread'), 2);
+    assert.ok(readFileSync(file).subarray(2 * MiB, 3 * MiB).equals(pattern(MiB, 2)));
+    await backend.close();
   });
 
   test('close() drains connections a worker serves and resolves; TLS connections stay on the main thread', async () => {
