@@ -47,6 +47,8 @@ export class FileBackend implements Backend {
   /** Calls beyond the libuv thread pool size only queue. */
   readonly maxInFlight = THREAD_POOL_SIZE;
   readonly canMultiConn = true;
+  /** extents() is two lseek calls: the NBD server sends a large READ's holes as hole chunks. */
+  readonly localExtents = true;
   readonly isBlockDevice: boolean;
   #handle: FileHandle;
   readonly #gate = new CallGate('file backend');

@@ -23,7 +23,7 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { NbdProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { Backend } from '../pipeline/types.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Backend } from '../pipeline/types.js';
 import {
   encodeBlockStatusReply,
   encodeSimpleReply,
@@ -43,7 +43,8 @@ import {
 } from './constants.js';
 import { replyErrnoFor } from './errno.js';
 import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
-import { isZeroView } from '../pipeline/zero-views.js';
+import { isZeroView, zeroView } from '../pipeline/zero-views.js';
+import { settleAll } from '../util/settle-all.js';
 import { PayloadPool } from './payload-pool.js';
 import { reopenWithUserBuffers } from './user-buffer-socket.js';
 
@@ -91,6 +92,11 @@ const STATE_CLOSED = 3;
 /** Holes in READ views shorter than this are sent as zeros (a hole chunk costs 32 bytes and a write). */
 const MIN_HOLE = 4096;
 const isHole = (view: Buffer): boolean => view.length >= MIN_HOLE && isZeroView(view);
+/** Extent flags of a hole that reads as zeros. */
+const HOLE_OF_ZEROS = EXTENT_HOLE | EXTENT_ZERO;
+/** A structured READ at least this long from a backend with `localExtents` asks for its holes first. */
+const SPARSE_READ_MIN = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
 /** READ replies from Backend.views up to this size go out as one buffer (header and data copied in). */
 const COALESCE_MAX = 16 * 1024;
 /** Size of the reused buffer a re-opened socket reads requests into (Node's own read size). */
@@ -294,6 +300,10 @@ export class Transmission implements RequestSink {
           const buf = this.#pool.acquire(req.length);
           req.pooled = buf;
           req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
+          if (this.#structured && (req.flags & NBD_CMD_FLAG_DF) === 0 && backend.localExtents === true && req.length >= SPARSE_READ_MIN) {
+            req.views = await this.#readSparse(req, req.payload);
+            if (req.views !== undefined) break;
+          }
           await backend.readAt(req.payload, req.offset);
           break;
         }
@@ -332,6 +342,37 @@ export class Transmission implements RequestSink {
       errno = replyErrnoFor(err, this.#log, { cmd: req.type, offset: req.offset, length: req.length });
     }
     this.#complete(req, errno);
+  }
+
+  /**
+   * A large READ from a backend with local extents: only its data extents are read (into
+   * `payload`), and the views come back with zeroView()s for the holes, for #writeSparse. Undefined
+   * (nothing read) when the range has no hole worth a chunk.
+   */
+  async #readSparse(req: NbdRequest, payload: Buffer): Promise<readonly Buffer[] | undefined> {
+    const found = await this.#backend.extents!(req.offset, req.length);
+    if (!found.some((e) => e.length >= MIN_HOLE && (e.flags & HOLE_OF_ZEROS) === HOLE_OF_ZEROS)) return undefined;
+    const views: Buffer[] = [];
+    const reads: Promise<void>[] = [];
+    let at = 0;
+    for (const e of found) {
+      const n = Math.min(e.length, req.length - at);
+      if (n <= 0) break;
+      if (n >= MIN_HOLE && (e.flags & HOLE_OF_ZEROS) === HOLE_OF_ZEROS) views.push(zeroView(n));
+      else {
+        const part = payload.subarray(at, at + n);
+        reads.push(this.#backend.readAt(part, req.offset + at));
+        views.push(part);
+      }
+      at += n;
+    }
+    if (at < req.length) { // the extents covered less: the rest is read as data
+      const part = payload.subarray(at);
+      reads.push(this.#backend.readAt(part, req.offset + at));
+      views.push(part);
+    }
+    await settleAll(reads);
+    return views;
   }
 
   #sync(): Promise<void> {
@@ -403,7 +444,11 @@ export class Transmission implements RequestSink {
     const views = req.views;
     req.views = undefined;
     if (views !== undefined && withData && this.#structured && (req.flags & NBD_CMD_FLAG_DF) === 0 && this.#writeSparse(req, views)) {
-      // sent as data and hole chunks
+      // sent as data and hole chunks; a pooled buffer (#readSparse) goes back after the last one
+      if (req.pooled !== undefined) {
+        this.#sent.push(req.pooled);
+        socket.write(EMPTY, this.#onPayloadWritten);
+      }
     } else if (views !== undefined && withData && req.length <= COALESCE_MAX) {
       // A small READ from the backend's pages: header and data in one buffer, one write.
       const headerLength = this.#structured ? NBD_STRUCTURED_REPLY_HEADER_SIZE + 8 : NBD_SIMPLE_REPLY_SIZE;
@@ -415,8 +460,8 @@ export class Transmission implements RequestSink {
       socket.write(buf.length === total ? buf : buf.subarray(0, total), this.#onPayloadWritten);
     } else {
       socket.write(this.#replyHeader(req, errno, withData));
-      if (views !== undefined) {
-        if (withData) for (let i = 0; i < views.length; i++) socket.write(views[i]!);
+      if (views !== undefined && withData) {
+        for (let i = 0; i < views.length; i++) socket.write(views[i]!);
       } else if (withData) {
         this.#sent.push(req.pooled);
         socket.write(req.payload!, this.#onPayloadWritten);

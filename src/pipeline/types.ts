@@ -36,6 +36,11 @@ export interface BackendCapabilities {
    */
   readonly fastZero?: boolean;
   /**
+   * `extents` answers from local state at the cost of a system call or two (a file's SEEK_HOLE):
+   * the NBD server then asks it before a large structured READ and sends the holes as hole chunks.
+   */
+  readonly localExtents?: boolean;
+  /**
    * The granularity it accepts natively, in bytes: every readAt/writeAt/trim/zero must cover whole
    * blocks (block i = [i * blockSize, min((i + 1) * blockSize, size)), so the last one may be
    * short), and anything else rejects with the pipeline's typed errors (MisalignedError,

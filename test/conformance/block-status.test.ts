@@ -166,6 +166,23 @@ out['fast'] = err(lambda: h.zero(4096, 0, nbd.CMD_FLAG_FAST_ZERO))
 h.shutdown()
 `);
     assert.deepEqual(out, { fast: 'ENOTSUP' }, 'a file zeroes by writing: no fast zero');
+    const read = await nbdsh(serve.dir(), uri, 'file-holes', `
+h = nbd.NBD()
+h.connect_uri(uri)
+chunks = []
+def chunk(subbuf, offset, status, error):
+    chunks.append([offset, len(subbuf), 'data' if status == nbd.READ_DATA else 'hole'])
+    return 0
+M = 1048576
+got = h.pread_structured(16 * M, 56 * M, chunk, 0)
+out['ok'] = got == b'\\0' * (8 * M) + b'\\x11' * (4 * M) + b'\\0' * (4 * M)
+out['holes'] = sum(c[1] for c in chunks if c[2] == 'hole')
+out['covered'] = sum(c[1] for c in chunks)
+h.shutdown()
+`);
+    assert.equal(read.ok, true);
+    assert.equal(read.covered, 16 * MiB);
+    assert.ok((read.holes as number) >= 8 * MiB, `the file's holes come as hole chunks: ${JSON.stringify(read)}`);
   });
 });
 
