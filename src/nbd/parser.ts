@@ -10,9 +10,9 @@
  *   Backend.writev: no copy at all); otherwise, or when the pieces get too small on average (over
  *   2 + length / MIN_AVG_PIECE of them), it is copied piece by piece straight into a destination the
  *   sink provides (`allocPayload`): never a concat of socket chunks.
- * - A sink with `writeTarget` (a backend that exposes its storage) may name where a WRITE payload
- *   goes: the bytes are copied there from the chunk, and the rest is read by the socket straight
- *   into it (`directBuffer()` names the next read's destination, `pushDirect(n)` reports it): the
+ * - A sink with `writeTarget` may name where a WRITE payload goes (a backend's own memory, or a
+ *   buffer of its own): the bytes are copied there from the chunk, and the rest is read by the
+ *   socket straight into it (`directBuffer()` names the next read's destination, `pushDirect(n)` reports it): the
  *   payload is never copied in user space beyond the first chunk.
  * - Transient chunks (`transient`: the socket reads into one reused buffer) are never kept: a
  *   WRITE payload inside one is copied out, and bytes left queued when parsing stops are copied.
@@ -43,7 +43,7 @@ export class NbdRequest implements NbdRequestHeader {
   pooled: Buffer | undefined = undefined;
   /** A READ's data as the backend's own views (Backend.views), sent as they are. */
   views: readonly Buffer[] | undefined = undefined;
-  /** The WRITE payload was received straight into the sink's `writeTarget` views: it is written already. */
+  /** The WRITE payload was received straight into the backend's own memory: it is written already (set by the sink). */
   direct = false;
 }
 
@@ -57,7 +57,8 @@ export interface RequestSink {
   /**
    * Where a valid WRITE's payload goes, as views to fill in order (their lengths add up to
    * `req.length`), or undefined to receive it as usual. May set `req.errno` instead (the payload
-   * is then skipped). Called once per WRITE, after `validate` passed it.
+   * is then skipped). Called once per WRITE, after `validate` passed it. The sink records what the
+   * views are (`req.direct` for the store's own memory, `req.payload` for a buffer of its own).
    */
   writeTarget?(req: NbdRequest): readonly Buffer[] | undefined;
   /** A complete request (WRITE payload received or skipped). Return false to stop parsing. */
@@ -276,7 +277,6 @@ export class RequestParser {
       if (this.#sink.writeTarget === undefined) return false;
       const targets = this.#sink.writeTarget(req);
       if (targets !== undefined && req.errno === 0) {
-        req.direct = true;
         this.#current = req;
         this.#targets = targets;
         this.#targetIndex = 0;

@@ -43,6 +43,11 @@ export interface NbdServerOptions {
    * backend can be shared across threads (Backend.share); default 0 (all on this thread).
    */
   readonly workers?: number;
+  /**
+   * Re-open accepted plain connections to read into reused buffers and straight into WRITE
+   * destinations (user-buffer-socket.ts); default true. False keeps Node's per-read buffers.
+   */
+  readonly userBuffers?: boolean;
   readonly log?: Logger;
 }
 
@@ -78,6 +83,7 @@ const ABORT_GRACE_MS = 2000;
 export class NbdServer {
   readonly #options: ResolvedOptions;
   readonly #log: Logger;
+  readonly #userBuffers: boolean;
   /** Worker threads for shareable exports; undefined with `workers` 0. */
   readonly #workers: ConnectionWorkers | undefined;
   readonly #listeners: Server[] = [];
@@ -88,6 +94,7 @@ export class NbdServer {
   constructor(options: NbdServerOptions) {
     this.#options = resolveOptions(options);
     this.#log = (options.log ?? silentLogger).child({ component: 'nbd-server' });
+    this.#userBuffers = options.userBuffers ?? true;
     const workers = options.workers ?? 0;
     if (!Number.isSafeInteger(workers) || workers < 0) throw new UsageError(`workers must be a whole number >= 0, got ${workers}`);
     this.#workers = workers > 0 ? new ConnectionWorkers(workers, this.#log) : undefined;
@@ -264,7 +271,7 @@ export class NbdServer {
         return;
       }
     }
-    entry.transmission = new Transmission(entry.socket, { ...params, backend: exp.backend, userBuffers: entry.accepted, log: entry.log });
+    entry.transmission = new Transmission(entry.socket, { ...params, backend: exp.backend, userBuffers: entry.accepted && this.#userBuffers, log: entry.log });
     entry.transmission.start(remainder);
   }
 

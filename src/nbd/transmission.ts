@@ -12,10 +12,10 @@
  *   READ buffer goes back only in its write callback, never while the socket may still send it.
  *   With a backend that has `writev`, a WRITE payload that spans chunks is not copied at all: the
  *   parser hands over its chunk views (`req.pieces`) and they go to `backend.writev` as they are.
- * - With a backend that has `views` (memory), nothing is copied in user space: a WRITE payload
- *   goes into the backend's pages (on an accepted plain socket, re-opened with `onread`, the
- *   socket reads it straight into them and every other read goes into one reused buffer), and a
- *   READ reply is sent from them.
+ * - An accepted plain socket is re-opened with `onread`: every read goes into one reused buffer,
+ *   or straight to where the WRITE payload being received belongs. With a backend that has
+ *   `views` (memory) that is the backend's pages, so nothing is copied in user space (and a READ
+ *   reply is sent from them); otherwise a large payload is read into a pooled buffer of its own.
  * - Bad requests get an NBD errno and the connection goes on; a broken stream (bad magic) closes
  *   only this connection, with one log line.
  */
@@ -99,6 +99,8 @@ const SPARSE_READ_MIN = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
 /** READ replies from Backend.views up to this size go out as one buffer (header and data copied in). */
 const COALESCE_MAX = 16 * 1024;
+/** On a re-opened socket, WRITE payloads from this size on are read into a pooled buffer of their own. */
+const STAGE_MIN = 64 * 1024;
 /** Size of the reused buffer a re-opened socket reads requests into (Node's own read size). */
 const READ_BUFFER_SIZE = 64 * 1024;
 
@@ -162,7 +164,7 @@ export class Transmission implements RequestSink {
 
   /** Takes over the socket's events; `remainder` is what followed the handshake in its last chunk. */
   start(remainder: Buffer | undefined): void {
-    if (this.#options.userBuffers === true && this.#backend.views !== undefined) this.#useUserBuffers();
+    if (this.#options.userBuffers === true) this.#useUserBuffers();
     const socket = this.#socket;
     socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
@@ -253,12 +255,24 @@ export class Transmission implements RequestSink {
     return this.#pool.acquire(length);
   }
 
-  /** A WRITE payload goes straight into the backend's pages where it has them (Backend.views). */
+  /**
+   * Where a WRITE payload goes: straight into the backend's pages where it has them
+   * (Backend.views); on a re-opened socket, a large one into a pooled buffer of its own, so the
+   * socket reads it there in a few large reads; otherwise as the parser receives it.
+   */
   writeTarget(req: NbdRequest): readonly Buffer[] | undefined {
     const backend = this.#backend;
-    if (backend.views === undefined) return undefined;
+    if (backend.views === undefined) {
+      if (this.#readBuffer === undefined || req.length < STAGE_MIN) return undefined;
+      const buf = this.#pool.acquire(req.length);
+      req.pooled = buf;
+      req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
+      return [req.payload];
+    }
     try {
-      return backend.views(req.offset, req.length, true);
+      const views = backend.views(req.offset, req.length, true);
+      req.direct = true;
+      return views;
     } catch (err) {
       req.errno = replyErrnoFor(err, this.#log, { cmd: req.type, offset: req.offset, length: req.length });
       return undefined;

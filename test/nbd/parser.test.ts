@@ -349,6 +349,7 @@ class TargetSink extends RecordingSink {
     }
     const store = Buffer.alloc(req.length, 0xcc);
     this.targets.set(req.handleLo, store);
+    req.direct = true;
     const cut = Math.min(1000, req.length);
     return [store.subarray(0, cut), store.subarray(cut)];
   }

@@ -97,7 +97,7 @@ describe('Transmission over real sockets', () => {
       const how = withWritev ? 'as pieces to backend.writev' : 'copied for backend.writeAt';
       test(`a 3 MiB write spanning many chunks reads back over ${kind} (${how})`, async () => {
         const at = kind === 'tcp' ? TCP : { path: join(dir, `rw-${withWritev}.sock`) };
-        const { address, backend } = await serve({ withWritev }, {}, at);
+        const { address, backend } = await serve({ withWritev }, { userBuffers: false }, at);
         const session = await openSession(address, 'disk');
         const data = pattern(3 * 1024 * 1024, 5);
         sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 1, offset: 4096, payload: data });
@@ -110,6 +110,21 @@ describe('Transmission over real sockets', () => {
         session.client.destroy();
       });
     }
+  }
+
+  for (const kind of ['tcp', 'unix'] as const) {
+    test(`on a re-opened socket a large payload is read into one pooled buffer and written once (${kind})`, async () => {
+      const at = kind === 'tcp' ? TCP : { path: join(dir, 'staged.sock') };
+      const { address, backend } = await serve({ withWritev: true }, {}, at);
+      const session = await openSession(address, 'disk');
+      const data = pattern(3 * 1024 * 1024, 6);
+      sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 1, offset: 4096, payload: data });
+      sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 2, offset: 0, payload: pattern(100, 1) });
+      assert.deepEqual([await readReply(session.client), await readReply(session.client)].map((r) => r.errno), [0, 0]);
+      assert.deepEqual(backend.data.subarray(4096, 4096 + data.length), data);
+      assert.deepEqual(backend.calls.map((c) => [c.op, c.off, c.length]).sort(), [['write', 0, 100], ['write', 4096, data.length]]);
+      session.client.destroy();
+    });
   }
 
   const chunkTransports = ['tcp', 'unix', 'tls'] as const;
@@ -133,7 +148,7 @@ describe('Transmission over real sockets', () => {
     test(`pipelined writes of random sizes, held by a slow backend.writev, all land intact (${kind})`, async () => {
       const at = kind === 'tcp' ? TCP : { path: join(dir, 'pipelined.sock') };
       // Each call waits, so pieces are held while many later chunks arrive.
-      const { address, backend } = await serve({ withWritev: true, delayMs: (op) => (op === 'writev' ? 20 : 0) }, {}, at);
+      const { address, backend } = await serve({ withWritev: true, delayMs: (op) => (op === 'writev' ? 20 : 0) }, { userBuffers: false }, at);
       const session = await openSession(address, 'disk');
       const model = Buffer.alloc(backend.size);
       let seed = 17;
@@ -160,7 +175,7 @@ describe('Transmission over real sockets', () => {
   }
 
   test('a writev the backend fails is answered with EIO and the connection goes on', async () => {
-    const { address } = await serve({ withWritev: true, fail: (op) => (op === 'writev' ? new Error('disk on fire') : undefined) });
+    const { address } = await serve({ withWritev: true, fail: (op) => (op === 'writev' ? new Error('disk on fire') : undefined) }, { userBuffers: false });
     const session = await openSession(address);
     sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 7, offset: 0, payload: pattern(1024 * 1024, 2) });
     assert.deepEqual(await readReply(session.client), { errno: NBD_EIO, handle: 7 });
@@ -169,7 +184,7 @@ describe('Transmission over real sockets', () => {
   });
 
   test('a FUA write through writev is synced before its reply', async () => {
-    const { address, backend } = await serve({ withWritev: true });
+    const { address, backend } = await serve({ withWritev: true }, { userBuffers: false });
     const session = await openSession(address);
     sendRequest(session.client, { type: NBD_CMD_WRITE, flags: NBD_CMD_FLAG_FUA, handle: 1, offset: 0, payload: pattern(1024 * 1024, 3) });
     assert.equal((await readReply(session.client)).errno, 0);
