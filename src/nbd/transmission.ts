@@ -639,7 +639,19 @@ export class Transmission implements RequestSink {
     void this.#end();
   }
 
+  /**
+   * Ends the socket, then syncs if asked. The client is not kept waiting for the sync (NBD_CMD_DISC
+   * has no reply, and a write without FUA or FLUSH was never promised durable); whoever awaits
+   * `closed` (the server's close, a mount's detach) still waits for it.
+   */
   async #end(): Promise<void> {
+    const socket = this.#socket;
+    if (!this.#socketClosed && !socket.destroyed) {
+      // Read (and drop) what still comes, so the peer's FIN is seen and the socket can close.
+      if (this.#paused) socket.resume();
+      socket.end();
+      this.#closeTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+    }
     if (this.#syncOnEnd) {
       try {
         await this.#sync();
@@ -648,14 +660,7 @@ export class Transmission implements RequestSink {
       }
     }
     this.#endDone = true;
-    const socket = this.#socket;
     if (this.#socketClosed) this.#finish();
-    else if (!socket.destroyed) {
-      // Read (and drop) what still comes, so the peer's FIN is seen and the socket can close.
-      if (this.#paused) socket.resume();
-      socket.end();
-      this.#closeTimer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
-    }
   }
 
   /** A broken stream or an unexpected throw: log once, drop this connection only. */

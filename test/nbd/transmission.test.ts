@@ -304,15 +304,18 @@ describe('Transmission over real sockets', () => {
     });
   }
 
-  test('NBD_CMD_DISC waits for in-flight requests, syncs and closes without a reply', async () => {
-    const { address, backend } = await serve({ delayMs: (op) => (op === 'write' ? 100 : 0) });
+  test('NBD_CMD_DISC waits for in-flight requests, closes without a reply, then syncs (the server waits for it)', async () => {
+    const { address, backend, server } = await serve({ delayMs: (op) => (op === 'write' ? 100 : op === 'sync' ? 1500 : 0) });
     const session = await openSession(address);
     sendRequest(session.client, { type: NBD_CMD_WRITE, handle: 1, offset: 0, payload: pattern(512, 9) });
     sendRequest(session.client, { type: NBD_CMD_DISC, handle: 2 });
     assert.deepEqual(await readReply(session.client), { errno: 0, handle: 1 });
     assert.equal(await session.client.waitClosed(), true);
     assert.equal(session.client.buffered, 0, 'DISC has no reply');
-    assert.equal(backend.syncs, 1);
+    assert.equal(backend.syncs, 0, 'the client was not kept waiting for the sync (it takes 1.5 s)');
+    for (const deadline = Date.now() + 5000; backend.syncs === 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(backend.syncs, 1, 'the sync at disconnect ran after the close');
+    await server.close();
   });
 
   test('caps the requests in flight per connection and still answers all of them', async () => {
