@@ -48,6 +48,7 @@ function attach(handle: SharedBackendHandle): Promise<Backend> {
   if (backend === undefined) {
     backend = import(handle.module).then((m: { attachShared(data: unknown): Backend | Promise<Backend> }) => m.attachShared(handle.data));
     backends.set(key, backend);
+    backend.catch(() => backends.delete(key)); // the next connection tries again
   }
   return backend;
 }
@@ -56,14 +57,15 @@ async function serve(msg: Extract<ToWorker, { type: 'serve' }>): Promise<void> {
   let root = loggers.get(msg.logLevel);
   if (root === undefined) loggers.set(msg.logLevel, (root = pino({ level: msg.logLevel, base: null, timestamp: false }, toMain)));
   const log = root.child({ conn: msg.conn, thread: 'worker' });
+  let socket: Socket;
   let backend: Backend;
   try {
     backend = await attach(msg.handle);
+    socket = new Socket({ fd: msg.fd, readable: true, writable: true, allowHalfOpen: true });
   } catch (err) {
     closeSync(msg.fd); // the connection was ours to close
     throw err;
   }
-  const socket = new Socket({ fd: msg.fd, readable: true, writable: true, allowHalfOpen: true });
   socket.on('error', (err) => log.debug({ err }, 'socket error'));
   const transmission = new Transmission(socket, { ...msg.params, backend, log, userBuffers: true });
   transmissions.set(msg.conn, transmission);
@@ -71,12 +73,15 @@ async function serve(msg: Extract<ToWorker, { type: 'serve' }>): Promise<void> {
   await transmission.closed;
 }
 
-/** Closes every attached backend (their errors are the main thread's to hear), then exits. */
+/**
+ * Closes every attached backend (their errors are the main thread's to hear), then closes the
+ * port: with no connection left, the thread then ends by itself, its last messages delivered.
+ */
 async function exit(): Promise<void> {
   const attached = await Promise.allSettled(backends.values());
   const closed = await Promise.allSettled(attached.flatMap((r) => (r.status === 'fulfilled' ? [r.value.close()] : [])));
   for (const r of closed) if (r.status === 'rejected') port?.postMessage({ type: 'failed', conn: 0, message: `closing a backend: ${(r.reason as Error).message}` } satisfies FromWorker);
-  process.exit(0);
+  port?.close();
 }
 
 port?.on('message', (msg: ToWorker) => {
