@@ -21,6 +21,8 @@ export type WorkerTransmissionParams = Omit<TransmissionOptions, 'backend' | 'lo
 export type ToWorker =
   | { readonly type: 'serve'; readonly conn: number; readonly fd: number; readonly handle: SharedBackendHandle; readonly params: WorkerTransmissionParams; readonly remainder: Uint8Array | undefined; readonly logLevel: string }
   | { readonly type: 'shutdown'; readonly conn: number }
+  /** Attach a store ahead of its first connection (a failure is retried by that connection). */
+  | { readonly type: 'attach'; readonly handle: SharedBackendHandle }
   /** Every connection has closed: close what was attached and exit. */
   | { readonly type: 'exit' };
 
@@ -91,6 +93,10 @@ port?.on('message', (msg: ToWorker) => {
   }
   if (msg.type === 'shutdown') {
     void transmissions.get(msg.conn)?.shutdown();
+    return;
+  }
+  if (msg.type === 'attach') {
+    attach(msg.handle).catch(() => undefined);
     return;
   }
   serve(msg).then(

@@ -9,7 +9,8 @@
  *   A TLS socket, one with anything still buffered in Node, or one without a descriptor, stays.
  * - Connections go to the threads in turn. `serve` resolves when the worker has closed the
  *   connection (or the worker died: its connections are gone with it, logged once).
- * - Threads start at the first hand-over and are unref'd: they never keep the process alive.
+ * - Threads start with the server's first listener where an export is shareable (`start`), else
+ *   at the first hand-over, and are unref'd: they never keep the process alive.
  * - Their log lines come back as messages and are written through the server's logger.
  */
 import type { Socket } from 'node:net';
@@ -58,6 +59,17 @@ export class ConnectionWorkers {
     return closed;
   }
 
+  /**
+   * Starts every thread now and has each attach `handles` (a thread takes tens of milliseconds to
+   * start and to attach a store): the first clients do not wait for either.
+   */
+  start(handles: readonly SharedBackendHandle[]): void {
+    while (this.#threads.length < this.#count) {
+      const thread = this.#spawn();
+      for (const handle of handles) thread.worker.postMessage({ type: 'attach', handle } satisfies ToWorker);
+    }
+  }
+
   /** Drains one handed-over connection (server close). */
   shutdown(conn: number): void {
     for (const thread of this.#threads) if (thread.conns.has(conn)) thread.worker.postMessage({ type: 'shutdown', conn } satisfies ToWorker);
@@ -93,28 +105,30 @@ export class ConnectionWorkers {
   }
 
   #thread(): Thread {
-    if (this.#threads.length < this.#count) {
-      const worker = new Worker(new URL('./connection-worker.js', import.meta.url));
-      worker.unref();
-      const thread: Thread = { worker, conns: new Map() };
-      worker.on('message', (msg: FromWorker) => {
-        if (msg.type === 'log') return this.#relay(msg.lines);
-        if (msg.type === 'failed') this.#log.warn(msg.conn === 0 ? {} : { conn: msg.conn }, `on an NBD worker thread: ${msg.message}`);
-        thread.conns.get(msg.conn)?.();
-        thread.conns.delete(msg.conn);
-      });
-      const gone = (why: string): void => {
-        if (thread.conns.size > 0) this.#log.error({ connections: thread.conns.size }, `an NBD worker thread ${why}; its connections are closed`);
-        for (const resolve of thread.conns.values()) resolve();
-        thread.conns.clear();
-        const at = this.#threads.indexOf(thread);
-        if (at >= 0) this.#threads.splice(at, 1);
-      };
-      worker.on('error', (err) => gone(`failed (${err.message})`));
-      worker.on('exit', (code) => gone(`exited with code ${code}`));
-      this.#threads.push(thread);
-    }
-    const thread = this.#threads[this.#next++ % this.#threads.length]!;
+    if (this.#threads.length < this.#count) this.#spawn();
+    return this.#threads[this.#next++ % this.#threads.length]!;
+  }
+
+  #spawn(): Thread {
+    const worker = new Worker(new URL('./connection-worker.js', import.meta.url));
+    worker.unref();
+    const thread: Thread = { worker, conns: new Map() };
+    worker.on('message', (msg: FromWorker) => {
+      if (msg.type === 'log') return this.#relay(msg.lines);
+      if (msg.type === 'failed') this.#log.warn(msg.conn === 0 ? {} : { conn: msg.conn }, `on an NBD worker thread: ${msg.message}`);
+      thread.conns.get(msg.conn)?.();
+      thread.conns.delete(msg.conn);
+    });
+    const gone = (why: string): void => {
+      if (thread.conns.size > 0) this.#log.error({ connections: thread.conns.size }, `an NBD worker thread ${why}; its connections are closed`);
+      for (const resolve of thread.conns.values()) resolve();
+      thread.conns.clear();
+      const at = this.#threads.indexOf(thread);
+      if (at >= 0) this.#threads.splice(at, 1);
+    };
+    worker.on('error', (err) => gone(`failed (${err.message})`));
+    worker.on('exit', (code) => gone(`exited with code ${code}`));
+    this.#threads.push(thread);
     return thread;
   }
 }

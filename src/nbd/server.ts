@@ -108,6 +108,10 @@ export class NbdServer {
   /** Starts listening; resolves with the bound address ("127.0.0.1:PORT", "[::1]:PORT", "unix:/path"). */
   async listen(address: ListenAddress): Promise<string> {
     if (this.#closing !== undefined) throw new ClosedError('NBD server');
+    if (this.#workers !== undefined) {
+      const handles = this.#options.exports.flatMap((exp) => (exp.backend.share === undefined ? [] : [exp.backend.share()]));
+      if (handles.length > 0) this.#workers.start(handles);
+    }
     const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket, true));
     if ('path' in address) await listenUnix(server, address.path);
     else await listenOn(server, { host: address.host === '' ? undefined : address.host, port: address.port }, formatListenAddress(address));
