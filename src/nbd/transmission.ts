@@ -23,7 +23,7 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { NbdProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { EXTENT_HOLE, EXTENT_ZERO, type Backend } from '../pipeline/types.js';
+import type { Backend } from '../pipeline/types.js';
 import {
   encodeBlockStatusReply,
   encodeSimpleReply,
@@ -32,7 +32,6 @@ import {
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_STRUCTURED_REPLY_HEADER_SIZE,
   writeU64,
   type NbdExtent,
@@ -43,9 +42,8 @@ import {
 } from './constants.js';
 import { replyErrnoFor } from './errno.js';
 import { NbdRequest, RequestParser, type RequestSink } from './parser.js';
-import { isZeroView, zeroView } from '../pipeline/zero-views.js';
-import { settleAll } from '../util/settle-all.js';
 import { PayloadPool } from './payload-pool.js';
+import { readDataOnly, sparseReplyParts } from './sparse-read.js';
 import { reopenWithUserBuffers } from './user-buffer-socket.js';
 
 export interface TransmissionOptions {
@@ -89,11 +87,6 @@ const STATE_DRAINING = 1;
 const STATE_ENDING = 2;
 const STATE_CLOSED = 3;
 
-/** Holes in READ views shorter than this are sent as zeros (a hole chunk costs 32 bytes and a write). */
-const MIN_HOLE = 4096;
-const isHole = (view: Buffer): boolean => view.length >= MIN_HOLE && isZeroView(view);
-/** Extent flags of a hole that reads as zeros. */
-const HOLE_OF_ZEROS = EXTENT_HOLE | EXTENT_ZERO;
 /** A structured READ at least this long from a backend with `localExtents` asks for its holes first. */
 const SPARSE_READ_MIN = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
@@ -315,7 +308,7 @@ export class Transmission implements RequestSink {
           req.pooled = buf;
           req.payload = buf.length === req.length ? buf : buf.subarray(0, req.length);
           if (this.#structured && (req.flags & NBD_CMD_FLAG_DF) === 0 && backend.localExtents === true && req.length >= SPARSE_READ_MIN) {
-            req.views = await this.#readSparse(req, req.payload);
+            req.views = await readDataOnly(backend, req, req.payload);
             if (req.views !== undefined) break;
           }
           await backend.readAt(req.payload, req.offset);
@@ -356,37 +349,6 @@ export class Transmission implements RequestSink {
       errno = replyErrnoFor(err, this.#log, { cmd: req.type, offset: req.offset, length: req.length });
     }
     this.#complete(req, errno);
-  }
-
-  /**
-   * A large READ from a backend with local extents: only its data extents are read (into
-   * `payload`), and the views come back with zeroView()s for the holes, for #writeSparse. Undefined
-   * (nothing read) when the range has no hole worth a chunk.
-   */
-  async #readSparse(req: NbdRequest, payload: Buffer): Promise<readonly Buffer[] | undefined> {
-    const found = await this.#backend.extents!(req.offset, req.length);
-    if (!found.some((e) => e.length >= MIN_HOLE && (e.flags & HOLE_OF_ZEROS) === HOLE_OF_ZEROS)) return undefined;
-    const views: Buffer[] = [];
-    const reads: Promise<void>[] = [];
-    let at = 0;
-    for (const e of found) {
-      const n = Math.min(e.length, req.length - at);
-      if (n <= 0) break;
-      if (n >= MIN_HOLE && (e.flags & HOLE_OF_ZEROS) === HOLE_OF_ZEROS) views.push(zeroView(n));
-      else {
-        const part = payload.subarray(at, at + n);
-        reads.push(this.#backend.readAt(part, req.offset + at));
-        views.push(part);
-      }
-      at += n;
-    }
-    if (at < req.length) { // the extents covered less: the rest is read as data
-      const part = payload.subarray(at);
-      reads.push(this.#backend.readAt(part, req.offset + at));
-      views.push(part);
-    }
-    await settleAll(reads);
-    return views;
   }
 
   #sync(): Promise<void> {
@@ -457,8 +419,10 @@ export class Transmission implements RequestSink {
     }
     const views = req.views;
     req.views = undefined;
-    if (views !== undefined && withData && this.#structured && (req.flags & NBD_CMD_FLAG_DF) === 0 && this.#writeSparse(req, views)) {
-      // sent as data and hole chunks; a pooled buffer (#readSparse) goes back after the last one
+    const sparse = views !== undefined && withData && this.#structured && (req.flags & NBD_CMD_FLAG_DF) === 0 ? sparseReplyParts(req, views) : undefined;
+    if (sparse !== undefined) {
+      // data and hole chunks; a pooled buffer (readDataOnly's) goes back after the last one
+      for (let i = 0; i < sparse.length; i++) socket.write(sparse[i]!);
       if (req.pooled !== undefined) {
         this.#sent.push(req.pooled);
         socket.write(EMPTY, this.#onPayloadWritten);
@@ -514,33 +478,6 @@ export class Transmission implements RequestSink {
     const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + 8);
     this.#encodeDataHeader(header, req);
     return header;
-  }
-
-  /**
-   * A structured READ reply over views with holes in them (zeroView, at least MIN_HOLE bytes): an
-   * OFFSET_HOLE chunk per run of holes, an OFFSET_DATA chunk per run of data, DONE on the last.
-   * Returns false, having sent nothing, when there is no such hole.
-   */
-  #writeSparse(req: NbdRequest, views: readonly Buffer[]): boolean {
-    if (!views.some(isHole)) return false;
-    const socket = this.#socket;
-    let off = req.offset;
-    for (let i = 0; i < views.length; ) {
-      const hole = isHole(views[i]!);
-      let j = i;
-      let length = 0;
-      while (j < views.length && isHole(views[j]!) === hole) length += views[j++]!.length;
-      const flags = j === views.length ? NBD_REPLY_FLAG_DONE : 0;
-      const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + (hole ? 12 : 8));
-      encodeStructuredReplyHeader(header, 0, flags, hole ? NBD_REPLY_TYPE_OFFSET_HOLE : NBD_REPLY_TYPE_OFFSET_DATA, req.handleHi, req.handleLo, hole ? 12 : 8 + length);
-      writeU64(header, NBD_STRUCTURED_REPLY_HEADER_SIZE, off);
-      if (hole) header.writeUInt32BE(length, NBD_STRUCTURED_REPLY_HEADER_SIZE + 8);
-      socket.write(header);
-      if (!hole) for (let k = i; k < j; k++) socket.write(views[k]!);
-      off += length;
-      i = j;
-    }
-    return true;
   }
 
   /** The header of a successful READ reply with all its data, at the start of `target`. */
