@@ -25,6 +25,7 @@
 import { BackendError, MisalignedError, OutOfRangeError, R3mapError, ReadOnlyError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { resolveGeometry, wholeChunkError } from '../pipeline/chunked.js';
+import { appendExtent } from '../pipeline/extents.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { CallGate } from '../util/call-gate.js';
 import { checkChunkSize, chunkLength } from '../util/chunks.js';
@@ -158,9 +159,7 @@ export class ChunkStoreBackend implements Backend {
         const start = Math.max(off, (first + i) * this.chunkSize);
         const stop = Math.min(end, (first + i + 1) * this.chunkSize);
         const flags = held[i] === true ? 0 : EXTENT_HOLE | EXTENT_ZERO;
-        const last = out[out.length - 1];
-        if (last !== undefined && last.flags === flags) last.length += stop - start;
-        else out.push({ length: stop - start, flags });
+        appendExtent(out, stop - start, flags);
       }
       return out;
     } finally {

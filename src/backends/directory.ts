@@ -15,6 +15,7 @@
  */
 import { constants, type FileHandle, mkdir, open, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { appendExtent } from '../pipeline/extents.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { BackendError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { CallGate } from '../util/call-gate.js';
@@ -132,11 +133,7 @@ export class DirectoryBackend implements Backend {
       held.sort((a, b) => a - b);
       // Walk the chunks that have files (not every chunk: a huge sparse range costs nothing).
       const out: { length: number; flags: number }[] = [];
-      const push = (n: number, flags: number): void => {
-        const last = out[out.length - 1];
-        if (last !== undefined && last.flags === flags) last.length += n;
-        else out.push({ length: n, flags });
-      };
+      const push = (n: number, flags: number): void => appendExtent(out, n, flags);
       let pos = off;
       for (const start of held) {
         if (start > pos) push(start - pos, EXTENT_HOLE | EXTENT_ZERO);

@@ -13,6 +13,7 @@
  * allocated as holes of zeros (NBD base:allocation). `views` hands out the pages themselves, so
  * the NBD server moves payloads between socket and pages without a copy of its own.
  */
+import { appendExtent } from '../pipeline/extents.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent } from '../pipeline/types.js';
 import { zeroView } from '../pipeline/zero-views.js';
 import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
@@ -83,9 +84,7 @@ export class MemoryBackend implements Backend {
       const index = Math.floor(pos / this.pageSize);
       const stop = Math.min(end, (index + 1) * this.pageSize);
       const flags = this.#pages.has(index) ? 0 : EXTENT_HOLE | EXTENT_ZERO;
-      const last = out[out.length - 1];
-      if (last !== undefined && last.flags === flags) last.length += stop - pos;
-      else out.push({ length: stop - pos, flags });
+      appendExtent(out, stop - pos, flags);
       pos = stop;
     }
     return out;

@@ -17,6 +17,7 @@
 import { ftruncateSync } from 'node:fs';
 import { ClosedError, OutOfRangeError, ReadOnlyError, UsageError } from '../errors.js';
 import { MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, close as closeFd, memfdCreate, mmap, munmap, punchHole, viewOf, type Pointer } from '../kernel/ffi.js';
+import { appendExtent } from '../pipeline/extents.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type Backend, type BackendExtent, type SharedBackendHandle } from '../pipeline/types.js';
 import { zeroView } from '../pipeline/zero-views.js';
 
@@ -153,9 +154,7 @@ export class SharedMemoryBackend implements Backend {
       const g = Math.floor(pos / GRANULE);
       const stop = Math.min(end, (g + 1) * GRANULE);
       const flags = this.#written[g] === 1 ? 0 : EXTENT_HOLE | EXTENT_ZERO;
-      const last = out[out.length - 1];
-      if (last !== undefined && last.flags === flags) last.length += stop - pos;
-      else out.push({ length: stop - pos, flags });
+      appendExtent(out, stop - pos, flags);
       pos = stop;
     }
     return out;

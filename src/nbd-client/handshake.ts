@@ -17,6 +17,7 @@ import {
   decodeString,
   encodeClientFlags,
   encodeInfoRequest,
+  encodeMetaContextRequest,
   encodeOption,
   readU64,
   type NbdOptionReplyHeader,
@@ -210,15 +211,7 @@ async function optStructuredReply(socket: Socket, reader: HandshakeReader): Prom
 
 /** NBD_OPT_SET_META_CONTEXT for base:allocation: the id the server gave it, or undefined. */
 async function optSetAllocationContext(socket: Socket, reader: HandshakeReader, exportName: string): Promise<number | undefined> {
-  const name = Buffer.from(exportName, 'utf8');
-  const query = Buffer.from(BASE_ALLOCATION, 'utf8');
-  const data = Buffer.allocUnsafe(4 + name.length + 4 + 4 + query.length);
-  data.writeUInt32BE(name.length, 0);
-  name.copy(data, 4);
-  data.writeUInt32BE(1, 4 + name.length);
-  data.writeUInt32BE(query.length, 8 + name.length);
-  query.copy(data, 12 + name.length);
-  socket.write(encodeOption(NBD_OPT_SET_META_CONTEXT, data));
+  socket.write(encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest(exportName, [BASE_ALLOCATION])));
   const hdr: NbdOptionReplyHeader = { option: 0, type: 0, length: 0 };
   let id: number | undefined;
   for (let i = 0; i < MAX_REPLIES_PER_OPTION; i++) {

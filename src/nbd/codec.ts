@@ -333,6 +333,19 @@ export function encodeBlockStatusReply(contextId: number, extents: readonly NbdE
 /** NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data: the export and the queries. */
 export type MetaContextRequest = { readonly ok: true; readonly name: string; readonly queries: readonly string[] } | { readonly ok: false; readonly reason: string };
 
+/** NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data for an export and its queries (the client's side). */
+export function encodeMetaContextRequest(name: string, queries: readonly string[]): Buffer {
+  const parts = [u32(Buffer.byteLength(name, 'utf8')), Buffer.from(name, 'utf8'), u32(queries.length)];
+  for (const q of queries) parts.push(u32(Buffer.byteLength(q, 'utf8')), Buffer.from(q, 'utf8'));
+  return Buffer.concat(parts);
+}
+
+function u32(n: number): Buffer {
+  const buf = Buffer.allocUnsafe(4);
+  buf.writeUInt32BE(n, 0);
+  return buf;
+}
+
 export function decodeMetaContextRequest(data: Buffer): MetaContextRequest {
   if (data.length < 8) return { ok: false, reason: `option data of ${data.length} bytes is shorter than 8` };
   const nameLength = data.readUInt32BE(0);

@@ -23,6 +23,7 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { NbdProtocolError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { appendExtent } from '../pipeline/extents.js';
 import type { Backend } from '../pipeline/types.js';
 import {
   encodeBlockStatusReply,
@@ -379,9 +380,7 @@ export class Transmission implements RequestSink {
     for (const e of found ?? [{ length, flags: 0 }]) {
       const n = Math.min(e.length, length - covered);
       if (n <= 0) continue;
-      const last = out[out.length - 1];
-      if (last !== undefined && last.flags === e.flags) last.length += n;
-      else out.push({ length: n, flags: e.flags });
+      appendExtent(out, n, e.flags);
       covered += n;
       if (covered >= length || out.length >= MAX_EXTENTS) break;
     }

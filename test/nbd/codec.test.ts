@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { NbdProtocolError } from '../../src/errors.js';
 import {
+  decodeMetaContextRequest,
+  encodeMetaContextRequest,
   decodeGreeting,
   decodeInfoRequest,
   decodeOptionHeader,
@@ -160,6 +162,14 @@ describe('handshake messages', () => {
     assert.equal(buf.readUInt32BE(0), 1);
     assert.equal(buf.subarray(4, 5).toString(), 'a');
     assert.equal(buf.subarray(5).toString(), 'desc');
+  });
+});
+
+describe('meta context requests', () => {
+  test('what the client encodes, the server decodes: export name and queries, UTF-8', () => {
+    for (const [name, queries] of [['disk', ['base:allocation']], ['', []], ['dïsk', ['base:', 'qemu:dirty-bitmap:x']]] as const) {
+      assert.deepEqual(decodeMetaContextRequest(encodeMetaContextRequest(name, queries)), { ok: true, name, queries });
+    }
   });
 });
 

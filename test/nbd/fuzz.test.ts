@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
-import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest } from '../../src/nbd/codec.js';
+import { encodeClientFlags, encodeInfoRequest, encodeMetaContextRequest, encodeOption, encodeRequest } from '../../src/nbd/codec.js';
 import { MemoryBackend } from '../../src/backends/memory.js';
 import { SharedMemoryBackend } from '../../src/backends/shared-memory.js';
 import {
@@ -48,20 +48,8 @@ const GO = encodeOption(NBD_OPT_GO, encodeInfoRequest('disk'));
 const req = (type: number, offset: number, length: number, handle = 1): Buffer => encodeRequest({ flags: 0, type, handleHi: 0, handleLo: handle, offset, length });
 const hex = (text: string): Buffer => Buffer.from(text.replace(/\s+/g, ''), 'hex');
 const flagged = (flags: number, type: number, offset: number, length: number, handle = 1): Buffer => encodeRequest({ flags, type, handleHi: 0, handleLo: handle, offset, length });
-/** NBD_OPT_{LIST,SET}_META_CONTEXT data for `name` and its queries. */
-function metaQuery(name: string, queries: readonly string[]): Buffer {
-  const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)];
-  parts[0]!.writeUInt32BE(parts[1]!.length, 0);
-  parts[2]!.writeUInt32BE(queries.length, 0);
-  for (const q of queries) {
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(Buffer.byteLength(q), 0);
-    parts.push(len, Buffer.from(q));
-  }
-  return Buffer.concat(parts);
-}
 const STRUCTURED = encodeOption(NBD_OPT_STRUCTURED_REPLY);
-const SET_ALLOCATION = encodeOption(NBD_OPT_SET_META_CONTEXT, metaQuery('disk', ['base:allocation']));
+const SET_ALLOCATION = encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest('disk', ['base:allocation']));
 
 interface Case {
   readonly name: string;
@@ -105,7 +93,7 @@ const CORPUS: readonly Case[] = [
   { name: 'SET_META_CONTEXT before structured replies', phase: 'handshake', bytes: Buffer.concat([FLAGS, SET_ALLOCATION, GO]) },
   { name: 'SET_META_CONTEXT claiming 2^32-1 queries', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_SET_META_CONTEXT, hex('00000004 6469736b ffffffff'))]) },
   { name: 'LIST_META_CONTEXT with a query past its data', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_LIST_META_CONTEXT, hex('00000000 00000001 7fffffff 61'))]) },
-  { name: 'SET_META_CONTEXT for an unknown export and a bad namespace', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_SET_META_CONTEXT, metaQuery('nope', ['base:', 'x', 'base:allocation\u0000'])), GO]) },
+  { name: 'SET_META_CONTEXT for an unknown export and a bad namespace', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest('nope', ['base:', 'x', 'base:allocation\u0000'])), GO]) },
   { name: 'BLOCK_STATUS without a context', phase: 'transmission', bytes: req(NBD_CMD_BLOCK_STATUS, 0, 4096) },
   { name: 'BLOCK_STATUS of 4 GiB past the end', phase: 'structured', bytes: req(NBD_CMD_BLOCK_STATUS, 2 ** 40, 0xffffffff) },
   { name: 'BLOCK_STATUS of length 0 and with unknown flags', phase: 'structured', bytes: Buffer.concat([req(NBD_CMD_BLOCK_STATUS, 0, 0), flagged(0xff, NBD_CMD_BLOCK_STATUS, 0, 512, 2)]) },
@@ -131,7 +119,7 @@ function randomCases(seed: number, count: number): Case[] {
   const valid: Case[] = [
     { name: 'handshake', phase: 'handshake', bytes: Buffer.concat([FLAGS, encodeOption(NBD_OPT_LIST), encodeOption(NBD_OPT_INFO, encodeInfoRequest('', [1, 2, 3])), GO, req(NBD_CMD_READ, 0, 512)]) },
     { name: 'requests', phase: 'transmission', bytes: Buffer.concat([req(NBD_CMD_WRITE, 4096, 1000), Buffer.alloc(1000, 7), req(NBD_CMD_READ, 0, 4096, 2), req(NBD_CMD_TRIM, 0, 512, 3), req(NBD_CMD_DISC, 0, 0, 4)]) },
-    { name: 'structured handshake', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_LIST_META_CONTEXT, metaQuery('disk', ['base:'])), SET_ALLOCATION, GO, req(NBD_CMD_BLOCK_STATUS, 0, 8192)]) },
+    { name: 'structured handshake', phase: 'handshake', bytes: Buffer.concat([FLAGS, STRUCTURED, encodeOption(NBD_OPT_LIST_META_CONTEXT, encodeMetaContextRequest('disk', ['base:'])), SET_ALLOCATION, GO, req(NBD_CMD_BLOCK_STATUS, 0, 8192)]) },
     {
       name: 'structured requests', phase: 'structured',
       bytes: Buffer.concat([
@@ -198,7 +186,7 @@ describe('fuzzing the server with bad bytes', () => {
     await startHandshake(client);
     client.write(STRUCTURED);
     assert.equal((await readOptionReply(client)).type, NBD_REP_ACK);
-    client.write(encodeOption(NBD_OPT_SET_META_CONTEXT, metaQuery(name, ['base:allocation'])));
+    client.write(encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest(name, ['base:allocation'])));
     assert.equal((await readOptionReplies(client)).at(-1)!.type, NBD_REP_ACK);
     client.write(encodeOption(NBD_OPT_GO, encodeInfoRequest(name)));
     assert.equal((await readOptionReplies(client)).at(-1)!.type, NBD_REP_ACK);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { NbdProtocolError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
-import { decodeOptionReplyHeader, encodeClientFlags, encodeInfoRequest, encodeOption, readU64 } from '../../src/nbd/codec.js';
+import { decodeOptionReplyHeader, encodeClientFlags, encodeInfoRequest, encodeMetaContextRequest, encodeOption, readU64 } from '../../src/nbd/codec.js';
 import {
   NBD_FLAG_CAN_MULTI_CONN,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -150,17 +150,7 @@ describe('Handshake', () => {
   });
 
   test('meta contexts: LIST offers base:allocation, SET needs structured replies and selects it for its export', () => {
-    const ctx = (opt: number, name: string, queries: string[]): Buffer => {
-      const parts = [Buffer.alloc(4), Buffer.from(name), Buffer.alloc(4)];
-      parts[0]!.writeUInt32BE(Buffer.byteLength(name));
-      parts[2]!.writeUInt32BE(queries.length);
-      for (const q of queries) {
-        const len = Buffer.alloc(4);
-        len.writeUInt32BE(Buffer.byteLength(q));
-        parts.push(len, Buffer.from(q));
-      }
-      return encodeOption(opt, Buffer.concat(parts));
-    };
+    const ctx = (opt: number, name: string, queries: string[]): Buffer => encodeOption(opt, encodeMetaContextRequest(name, queries));
     const { status, out, handshake } = run(Buffer.concat([
       FLAGS,
       ctx(NBD_OPT_LIST_META_CONTEXT, 'disk', []),
